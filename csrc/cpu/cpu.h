@@ -1,0 +1,83 @@
+/* cpu.h: the CPU backend's kernels and shared helpers.
+ *
+ * Float32 throughout, channels-last. Each kernel parallelises with OpenMP
+ * over d3sr_threads() threads; matrix products go to OpenBLAS, called
+ * single-threaded from inside those regions (see core/threads.h).
+ */
+#ifndef D3SR_CPU_CPU_H
+#define D3SR_CPU_CPU_H
+
+#include <stddef.h>
+
+#include "../core/status.h"
+#include "../ops/backend.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Inside a parallel region: this thread's share [begin, end) of total items. */
+static inline void cpu_share(size_t total, size_t *begin, size_t *end)
+{
+#ifdef _OPENMP
+    size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+#else
+    size_t t = 0, nt = 1;
+#endif
+    size_t step = (total + nt - 1) / nt;
+    *begin = t * step < total ? t * step : total;
+    *end = *begin + step < total ? *begin + step : total;
+}
+
+/* C[M, N] = A[M, K] op(B) + beta C, row-major. op(B) = B^T when b_trans
+ * (B is [N, K]), else B is [K, N]. cpu_gemm splits the work over threads;
+ * cpu_gemm_serial runs on the calling thread. */
+void cpu_gemm(int b_trans, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc);
+void cpu_gemm_serial(int b_trans, int M, int N, int K, const float *A, int lda, const float *B,
+                     int ldb, float beta, float *C, int ldc);
+
+d3sr_status cpu_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
+                       const d3sr_tensor *residual, d3sr_tensor *out);
+d3sr_status cpu_linear(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
+                       const d3sr_tensor *residual, d3sr_tensor *out);
+d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
+                           d3sr_tensor *out);
+d3sr_status cpu_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
+                          const d3sr_tensor *v, int heads, d3sr_tensor *out);
+d3sr_status cpu_upsample_nearest2x(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+d3sr_status cpu_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
+
+/* Fills rows [row0, row1) of a [rows, cols] matrix with bias (or 0) plus residual
+ * (when not NULL); the matrix product then accumulates with beta = 1. */
+void cpu_init_rows(float *out, const float *bias, const float *residual, size_t row0, size_t row1,
+                   int cols);
+
+/* exp(x) to about 2 ulp, written so the compiler vectorises loops that call it.
+ * Inputs are clamped to [-87, 88], where float exp is finite and normal. */
+static inline float cpu_exp(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* n = round(x / ln 2) by the 1.5 * 2^23 trick, which needs no rounding instruction. */
+    const float shifter = 12582912.0f;
+    float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f; /* ln 2 split in two for precision */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    union {
+        int i;
+        float f;
+    } scale;
+    scale.i = ((int)n + 127) << 23;
+    return y * scale.f;
+}
+
+static inline float cpu_silu(float x) { return x / (1.0f + cpu_exp(-x)); }
+
+#endif /* D3SR_CPU_CPU_H */

@@ -1,0 +1,74 @@
+/* gemm.c: matrix products on OpenBLAS (scipy-openblas32), split over our threads.
+ *
+ * OpenBLAS is kept single-threaded and each of our threads multiplies a slab:
+ * rows of C when M is large (each slab repacks B, which costs little when the
+ * slab is tall), else columns. One pool of threads is then running at a time.
+ */
+#include <pthread.h>
+
+#include "../core/threads.h"
+#include "cpu.h"
+
+#ifdef D3SR_SYSTEM_CBLAS
+#include <cblas.h>
+#define SGEMM cblas_sgemm
+#define SET_BLAS_THREADS openblas_set_num_threads
+void openblas_set_num_threads(int);
+#else
+#include <cblas.h> /* scipy_openblas32's header: every symbol carries a scipy_ prefix */
+#define SGEMM scipy_cblas_sgemm
+#define SET_BLAS_THREADS scipy_openblas_set_num_threads
+#endif
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
+static void blas_single_threaded(void) { SET_BLAS_THREADS(1); }
+
+void cpu_gemm_serial(int b_trans, int M, int N, int K, const float *A, int lda, const float *B,
+                     int ldb, float beta, float *C, int ldc)
+{
+    pthread_once(&blas_once, blas_single_threaded);
+    if (M <= 0 || N <= 0) return;
+    SGEMM(CblasRowMajor, CblasNoTrans, b_trans ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B,
+          ldb, beta, C, ldc);
+}
+
+/* Rows per thread below which splitting over columns keeps threads busier. */
+#define MIN_ROWS_PER_THREAD 96
+
+void cpu_gemm(int b_trans, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc)
+{
+    pthread_once(&blas_once, blas_single_threaded);
+    int threads = d3sr_threads();
+    if (threads <= 1 || (long)M * N * K < 1L << 18) {
+        cpu_gemm_serial(b_trans, M, N, K, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int by_rows = M >= MIN_ROWS_PER_THREAD * threads || M >= N;
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        int t = 0, nt = 1;
+#endif
+        if (by_rows) {
+            /* Slab edges on multiples of 16 rows keep OpenBLAS's micro-tiles whole. */
+            int step = (M + nt - 1) / nt;
+            step = (step + 15) / 16 * 16;
+            int m0 = t * step, m1 = m0 + step < M ? m0 + step : M;
+            if (m0 < m1)
+                cpu_gemm_serial(b_trans, m1 - m0, N, K, A + (size_t)m0 * lda, lda, B, ldb, beta,
+                                C + (size_t)m0 * ldc, ldc);
+        } else {
+            int step = (N + nt - 1) / nt;
+            step = (step + 15) / 16 * 16;
+            int n0 = t * step, n1 = n0 + step < N ? n0 + step : N;
+            if (n0 < n1) {
+                const float *Bt = b_trans ? B + (size_t)n0 * ldb : B + n0;
+                cpu_gemm_serial(b_trans, M, n1 - n0, K, A, lda, Bt, ldb, beta, C + n0, ldc);
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+/* d3sr.h: the C API of the d3sr core, the only header the Python binding needs.
+ *
+ * Usage (error handling shortened):
+ *
+ *     d3sr_vae_config cfg = ...;                // from the VAE's config.json
+ *     d3sr_model *vae;
+ *     d3sr_vae_create(&cfg, D3SR_VAE_ENCODER | D3SR_VAE_DECODER, "cpu", D3SR_F32, &vae);
+ *     for each (name, array) in the weight file:
+ *         d3sr_model_set_weight(vae, name, D3SR_F32, ndim, shape, data);
+ *     d3sr_model_check_complete(vae);           // names the first missing weight
+ *     d3sr_vae_encode(vae, x, n, h, w, mean);   // NCHW float32 in, NCHW float32 out
+ *     d3sr_model_free(vae);
+ *
+ * Thread safety: functions on different models may run concurrently. One model
+ * serves one call at a time; a second concurrent call on the same model returns
+ * D3SR_ERR_BUSY. Every failure returns a status and leaves a message that
+ * d3sr_last_error() returns on the same thread. Nothing here exits or aborts.
+ *
+ * Arrays crossing this API are host memory, row-major, NCHW for images and
+ * latents (the layout of diffusers and NumPy callers); inside, activations are
+ * channels-last (NHWC).
+ */
+#ifndef D3SR_H
+#define D3SR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define D3SR_API __attribute__((visibility("default")))
+#else
+#define D3SR_API
+#endif
+
+typedef enum {
+    D3SR_OK = 0,
+    D3SR_ERR_VALUE = 1,       /* a bad argument value or shape */
+    D3SR_ERR_TYPE = 2,        /* a wrong dtype */
+    D3SR_ERR_MEMORY = 3,      /* an allocation failed */
+    D3SR_ERR_RUNTIME = 4,     /* a backend failure */
+    D3SR_ERR_BUSY = 5,        /* the model is serving another call */
+    D3SR_ERR_UNAVAILABLE = 6, /* the device asked for cannot run here */
+} d3sr_status;
+
+typedef enum {
+    D3SR_F32 = 0,
+    D3SR_F16 = 1,
+    D3SR_BF16 = 2,
+} d3sr_dtype;
+
+/* The message of the last failure on the calling thread ("" if none). */
+D3SR_API const char *d3sr_last_error(void);
+
+/* Threads used by CPU kernels, process-wide. n <= 0 means "all cores". */
+D3SR_API void d3sr_set_num_threads(int n);
+D3SR_API int d3sr_get_num_threads(void);
+
+/* ---- models: common ---------------------------------------------------- */
+
+typedef struct d3sr_model d3sr_model;
+
+/* Hand one weight to the model by its PyTorch state_dict name. data is host
+ * memory in PyTorch's layout, of dtype F32, F16 or BF16; it is copied. Fails
+ * with D3SR_ERR_VALUE if the name is unknown or the shape differs (the message
+ * names the key, the expected and the actual shape). */
+D3SR_API d3sr_status d3sr_model_set_weight(d3sr_model *m, const char *name, d3sr_dtype dtype,
+                                           int ndim, const int64_t *shape, const void *data);
+
+/* The model's expected weights, for loaders and tools: i in [0, count). */
+D3SR_API int d3sr_model_num_weights(const d3sr_model *m);
+D3SR_API d3sr_status d3sr_model_weight_info(const d3sr_model *m, int i, const char **name,
+                                            int *ndim, int64_t shape[4], int *is_set);
+
+/* D3SR_OK once every expected weight was set; else names the first missing one. */
+D3SR_API d3sr_status d3sr_model_check_complete(const d3sr_model *m);
+
+/* Bytes held by weights and by the activation arena (grown on demand). */
+D3SR_API size_t d3sr_model_weight_bytes(const d3sr_model *m);
+D3SR_API size_t d3sr_model_arena_bytes(const d3sr_model *m);
+
+/* With capture on, each call keeps copies of the activations after each block
+ * (NCHW, host), named like diffusers' modules ("encoder.down_blocks.0"), until
+ * the next call. For block-by-block checks and for looking inside a model. */
+D3SR_API void d3sr_model_set_capture(d3sr_model *m, int enabled);
+D3SR_API int d3sr_model_num_captured(const d3sr_model *m);
+D3SR_API d3sr_status d3sr_model_captured(const d3sr_model *m, int i, const char **name,
+                                         int64_t shape[4], const float **data);
+
+D3SR_API void d3sr_model_free(d3sr_model *m);
+
+/* ---- the VAE (diffusers AutoencoderKL) --------------------------------- */
+
+#define D3SR_MAX_LEVELS 8
+
+typedef struct {
+    int in_channels;      /* image channels, 3 */
+    int out_channels;     /* image channels, 3 */
+    int latent_channels;  /* 4 for SD */
+    int num_levels;       /* len(block_out_channels) */
+    int block_out_channels[D3SR_MAX_LEVELS];
+    int layers_per_block;
+    int norm_num_groups;
+    int use_quant_conv;          /* quant_conv after the encoder */
+    int use_post_quant_conv;     /* post_quant_conv before the decoder */
+    int mid_block_add_attention; /* self-attention in both mid blocks */
+} d3sr_vae_config;
+
+enum { D3SR_VAE_ENCODER = 1, D3SR_VAE_DECODER = 2 };
+
+/* parts: D3SR_VAE_ENCODER and/or D3SR_VAE_DECODER; only their weights are expected. */
+D3SR_API d3sr_status d3sr_vae_create(const d3sr_vae_config *cfg, int parts, const char *device,
+                                     d3sr_dtype dtype, d3sr_model **out);
+
+/* x: [n, in_channels, h, w], h and w multiples of 2^(num_levels-1).
+ * mean: [n, latent_channels, h / f, w / f], f = 2^(num_levels-1): the posterior
+ * mean, unscaled (diffusers' encode(x).latent_dist.mean). */
+D3SR_API d3sr_status d3sr_vae_encode(d3sr_model *m, const float *x, int n, int h, int w,
+                                     float *mean);
+
+/* The output shape of encode (encode = 1) or decode for an NCHW input shape;
+ * D3SR_ERR_VALUE, naming what is wrong, if the VAE cannot take that input. */
+D3SR_API d3sr_status d3sr_vae_output_shape(const d3sr_model *m, int encode, const int64_t in[4],
+                                           int64_t out[4]);
+
+/* z: [n, latent_channels, h, w]; image: [n, out_channels, h * f, w * f], unclamped
+ * (diffusers' decode(z).sample). */
+D3SR_API d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w,
+                                     float *image);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* D3SR_H */

@@ -1,0 +1,39 @@
+/* blocks.h: building blocks shared by the VAE and the UNets, named and
+ * numbered like diffusers' modules so their weights load by state_dict name.
+ */
+#ifndef D3SR_MODELS_BLOCKS_H
+#define D3SR_MODELS_BLOCKS_H
+
+#include "../ops/ops.h"
+
+/* diffusers ResnetBlock2D with the "default" time-embedding mode:
+ * out = x' + conv2(silu(norm2(conv1(silu(norm1(x)))))), x' = conv_shortcut(x)
+ * when the channel count changes, else x. (The VAE's blocks have no time
+ * embedding; the UNet's add time_emb_proj(silu(temb)) after conv1.) */
+typedef struct {
+    d3sr_norm norm1, norm2;
+    d3sr_conv conv1, conv2;
+    d3sr_conv conv_shortcut;
+    int has_shortcut;
+} d3sr_resnet;
+
+d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, const char *prefix,
+                                 int cin, int cout, int groups, float eps);
+d3sr_status d3sr_resnet_forward(d3sr_ctx *ctx, const d3sr_resnet *block, const d3sr_tensor *x,
+                                d3sr_tensor *out);
+
+/* diffusers Attention as the VAE mid block uses it: GroupNorm, one head over
+ * all pixels, to_out, plus the input (residual_connection=True). */
+typedef struct {
+    d3sr_norm group_norm;
+    d3sr_linear to_q, to_k, to_v, to_out;
+    int heads;
+} d3sr_spatial_attention;
+
+d3sr_status d3sr_spatial_attention_register(d3sr_params *params, d3sr_spatial_attention *block,
+                                            const char *prefix, int channels, int heads,
+                                            int groups, float eps);
+d3sr_status d3sr_spatial_attention_forward(d3sr_ctx *ctx, const d3sr_spatial_attention *block,
+                                           const d3sr_tensor *x, d3sr_tensor *out);
+
+#endif /* D3SR_MODELS_BLOCKS_H */

@@ -1,0 +1,357 @@
+/* vae.c: diffusers' AutoencoderKL (the Stable Diffusion VAE) over ops.
+ *
+ * Encoder: conv_in, down_blocks (DownEncoderBlock2D: layers_per_block
+ * resnets, then a stride-2 conv on the input padded (0, 1, 0, 1) except at
+ * the last level), mid_block (resnet, attention, resnet), GroupNorm + SiLU,
+ * conv_out to 2 * latent channels, quant_conv; the first latent channels are
+ * the posterior mean. Decoder: post_quant_conv, conv_in, mid_block,
+ * up_blocks (UpDecoderBlock2D: layers_per_block + 1 resnets, then nearest 2x
+ * upsampling and a conv except at the last level), GroupNorm + SiLU,
+ * conv_out. Every norm uses eps 1e-6, as diffusers builds them.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blocks.h"
+#include "model.h"
+
+#define VAE_EPS 1e-6f
+
+typedef struct {
+    d3sr_resnet *resnets; /* owned */
+    int n_resnets;
+    d3sr_conv resample;   /* downsampler or upsampler conv */
+    int has_resample;
+} vae_level;
+
+typedef struct {
+    d3sr_resnet resnet0, resnet1;
+    d3sr_spatial_attention attention;
+    int has_attention;
+} vae_mid_block;
+
+typedef struct {
+    d3sr_vae_config cfg;
+    int parts;
+
+    d3sr_conv enc_conv_in;
+    vae_level enc_levels[D3SR_MAX_LEVELS];
+    vae_mid_block enc_mid;
+    d3sr_norm enc_norm_out;
+    d3sr_conv enc_conv_out;
+    d3sr_conv quant_conv;
+
+    d3sr_conv post_quant_conv;
+    d3sr_conv dec_conv_in;
+    vae_mid_block dec_mid;
+    vae_level dec_levels[D3SR_MAX_LEVELS]; /* in diffusers' up_blocks order */
+    d3sr_norm dec_norm_out;
+    d3sr_conv dec_conv_out;
+} vae;
+
+static void vae_free_impl(void *impl)
+{
+    vae *v = impl;
+    for (int i = 0; i < D3SR_MAX_LEVELS; i++) {
+        free(v->enc_levels[i].resnets);
+        free(v->dec_levels[i].resnets);
+    }
+}
+
+static d3sr_status check_config(const d3sr_vae_config *c)
+{
+    if (c->num_levels < 1 || c->num_levels > D3SR_MAX_LEVELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels must have 1 to %d entries, not %d", D3SR_MAX_LEVELS, c->num_levels);
+    if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "in_channels, out_channels and latent_channels must be positive");
+    if (c->layers_per_block < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block must be positive, not %d", c->layers_per_block);
+    if (c->norm_num_groups < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "norm_num_groups must be positive, not %d", c->norm_num_groups);
+    for (int i = 0; i < c->num_levels; i++)
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups != 0)
+            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a positive multiple of norm_num_groups = %d",
+                             i, c->block_out_channels[i], c->norm_num_groups);
+    return D3SR_OK;
+}
+
+static d3sr_status register_mid(d3sr_params *params, vae_mid_block *mid, const char *prefix,
+                                const d3sr_vae_config *c)
+{
+    char name[D3SR_NAME_BYTES];
+    int ch = c->block_out_channels[c->num_levels - 1], g = c->norm_num_groups;
+    snprintf(name, sizeof name, "%s.resnets.0", prefix);
+    D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, name, ch, ch, g, VAE_EPS));
+    mid->has_attention = c->mid_block_add_attention;
+    if (mid->has_attention) {
+        snprintf(name, sizeof name, "%s.attentions.0", prefix);
+        D3SR_CHECK(d3sr_spatial_attention_register(params, &mid->attention, name, ch, 1, g, VAE_EPS));
+    }
+    snprintf(name, sizeof name, "%s.resnets.1", prefix);
+    return d3sr_resnet_register(params, &mid->resnet1, name, ch, ch, g, VAE_EPS);
+}
+
+static d3sr_status register_level(d3sr_params *params, vae_level *level, const char *prefix,
+                                  int n_resnets, int cin, int cout, int groups)
+{
+    char name[D3SR_NAME_BYTES];
+    level->resnets = calloc((size_t)n_resnets, sizeof *level->resnets);
+    if (!level->resnets) return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory building the VAE");
+    level->n_resnets = n_resnets;
+    for (int j = 0; j < n_resnets; j++) {
+        snprintf(name, sizeof name, "%s.resnets.%d", prefix, j);
+        D3SR_CHECK(d3sr_resnet_register(params, &level->resnets[j], name, j == 0 ? cin : cout, cout, groups, VAE_EPS));
+    }
+    return D3SR_OK;
+}
+
+static d3sr_status register_encoder(d3sr_params *p, vae *v)
+{
+    const d3sr_vae_config *c = &v->cfg;
+    const int *boc = c->block_out_channels, g = c->norm_num_groups, last = c->num_levels - 1;
+    char name[D3SR_NAME_BYTES];
+    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_in, "encoder.conv_in", c->in_channels, boc[0], 3, 1, 1, 1));
+    for (int i = 0; i <= last; i++) {
+        vae_level *level = &v->enc_levels[i];
+        snprintf(name, sizeof name, "encoder.down_blocks.%d", i);
+        D3SR_CHECK(register_level(p, level, name, c->layers_per_block, i ? boc[i - 1] : boc[0], boc[i], g));
+        level->has_resample = i < last;
+        if (level->has_resample) {
+            snprintf(name, sizeof name, "encoder.down_blocks.%d.downsamplers.0.conv", i);
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, boc[i], boc[i], 3, 2, 0, 1));
+            level->resample.pad_bottom = level->resample.pad_right = 1; /* F.pad(x, (0, 1, 0, 1)) */
+        }
+    }
+    D3SR_CHECK(register_mid(p, &v->enc_mid, "encoder.mid_block", c));
+    D3SR_CHECK(d3sr_norm_register(p, &v->enc_norm_out, "encoder.conv_norm_out", boc[last], g, VAE_EPS));
+    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_out, "encoder.conv_out", boc[last], 2 * c->latent_channels, 3, 1, 1, 1));
+    if (c->use_quant_conv)
+        D3SR_CHECK(d3sr_conv_register(p, &v->quant_conv, "quant_conv", 2 * c->latent_channels, 2 * c->latent_channels, 1, 1, 0, 1));
+    return D3SR_OK;
+}
+
+static d3sr_status register_decoder(d3sr_params *p, vae *v)
+{
+    const d3sr_vae_config *c = &v->cfg;
+    const int *boc = c->block_out_channels, g = c->norm_num_groups, last = c->num_levels - 1;
+    char name[D3SR_NAME_BYTES];
+    if (c->use_post_quant_conv)
+        D3SR_CHECK(d3sr_conv_register(p, &v->post_quant_conv, "post_quant_conv", c->latent_channels, c->latent_channels, 1, 1, 0, 1));
+    D3SR_CHECK(d3sr_conv_register(p, &v->dec_conv_in, "decoder.conv_in", c->latent_channels, boc[last], 3, 1, 1, 1));
+    D3SR_CHECK(register_mid(p, &v->dec_mid, "decoder.mid_block", c));
+    int prev = boc[last];
+    for (int i = 0; i <= last; i++) {
+        int cout = boc[last - i];
+        vae_level *level = &v->dec_levels[i];
+        snprintf(name, sizeof name, "decoder.up_blocks.%d", i);
+        D3SR_CHECK(register_level(p, level, name, c->layers_per_block + 1, prev, cout, g));
+        level->has_resample = i < last;
+        if (level->has_resample) {
+            snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.conv", i);
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, cout, cout, 3, 1, 1, 1));
+        }
+        prev = cout;
+    }
+    D3SR_CHECK(d3sr_norm_register(p, &v->dec_norm_out, "decoder.conv_norm_out", boc[0], g, VAE_EPS));
+    return d3sr_conv_register(p, &v->dec_conv_out, "decoder.conv_out", boc[0], c->out_channels, 3, 1, 1, 1);
+}
+
+d3sr_status d3sr_vae_create(const d3sr_vae_config *cfg, int parts, const char *device,
+                            d3sr_dtype dtype, d3sr_model **out)
+{
+    *out = NULL;
+    D3SR_CHECK(check_config(cfg));
+    if (!(parts & (D3SR_VAE_ENCODER | D3SR_VAE_DECODER)) || (parts & ~(D3SR_VAE_ENCODER | D3SR_VAE_DECODER)))
+        return d3sr_fail(D3SR_ERR_VALUE, "parts must name the encoder, the decoder or both");
+    d3sr_model *m;
+    D3SR_CHECK(d3sr_model_new(D3SR_MODEL_VAE, device, dtype, sizeof(vae), vae_free_impl, &m));
+    vae *v = m->impl;
+    v->cfg = *cfg;
+    v->parts = parts;
+    d3sr_status status = D3SR_OK;
+    if (parts & D3SR_VAE_ENCODER) status = register_encoder(&m->params, v);
+    if (status == D3SR_OK && (parts & D3SR_VAE_DECODER)) status = register_decoder(&m->params, v);
+    if (status != D3SR_OK) {
+        d3sr_model_free(m);
+        return status;
+    }
+    *out = m;
+    return D3SR_OK;
+}
+
+/* ---- forward ----------------------------------------------------------- */
+
+/* Replaces *x by f(*x), releasing the old tensor. */
+static d3sr_status run_resnets(d3sr_ctx *ctx, const d3sr_resnet *resnets, int count, d3sr_tensor *x)
+{
+    for (int j = 0; j < count; j++) {
+        d3sr_tensor y;
+        D3SR_CHECK(d3sr_resnet_forward(ctx, &resnets[j], x, &y));
+        d3sr_tensor_release(ctx, x);
+        *x = y;
+    }
+    return D3SR_OK;
+}
+
+static d3sr_status run_conv(d3sr_ctx *ctx, const d3sr_conv *conv, d3sr_tensor *x)
+{
+    d3sr_tensor y;
+    D3SR_CHECK(d3sr_conv2d(ctx, x, conv, NULL, &y));
+    d3sr_tensor_release(ctx, x);
+    *x = y;
+    return D3SR_OK;
+}
+
+static d3sr_status run_mid(d3sr_ctx *ctx, const vae_mid_block *mid, d3sr_tensor *x)
+{
+    D3SR_CHECK(run_resnets(ctx, &mid->resnet0, 1, x));
+    if (mid->has_attention) {
+        d3sr_tensor y;
+        D3SR_CHECK(d3sr_spatial_attention_forward(ctx, &mid->attention, x, &y));
+        d3sr_tensor_release(ctx, x);
+        *x = y;
+    }
+    return run_resnets(ctx, &mid->resnet1, 1, x);
+}
+
+static d3sr_status run_norm_silu(d3sr_ctx *ctx, const d3sr_norm *norm, d3sr_tensor *x)
+{
+    d3sr_tensor y;
+    D3SR_CHECK(d3sr_group_norm(ctx, x, norm, 1, &y));
+    d3sr_tensor_release(ctx, x);
+    *x = y;
+    return D3SR_OK;
+}
+
+typedef struct {
+    const vae *v;
+    const float *input;
+    int n, h, w;
+    float *output;
+} vae_call;
+
+static d3sr_status encode_forward(d3sr_ctx *ctx, void *arg)
+{
+    const vae_call *call = arg;
+    const vae *v = call->v;
+    const d3sr_vae_config *c = &v->cfg;
+    d3sr_tensor x;
+    D3SR_CHECK(d3sr_upload_nchw(ctx, call->input, call->n, c->in_channels, call->h, call->w, &x)); // [n, H, W, 3]
+    D3SR_CHECK(run_conv(ctx, &v->enc_conv_in, &x));                                                // [n, H, W, boc0]
+    D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "encoder.conv_in"));
+    for (int i = 0; i < c->num_levels; i++) {
+        const vae_level *level = &v->enc_levels[i];
+        D3SR_CHECK(run_resnets(ctx, level->resnets, level->n_resnets, &x));                        // [n, H/2^i, W/2^i, boc_i]
+        if (level->has_resample) D3SR_CHECK(run_conv(ctx, &level->resample, &x));                  // [n, H/2^(i+1), ..]
+        D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "encoder.down_blocks.%d", i));
+    }
+    D3SR_CHECK(run_mid(ctx, &v->enc_mid, &x));                                                     // [n, h, w, boc_last]
+    D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "encoder.mid_block"));
+    D3SR_CHECK(run_norm_silu(ctx, &v->enc_norm_out, &x));
+    D3SR_CHECK(run_conv(ctx, &v->enc_conv_out, &x));                                               // [n, h, w, 2 * latent]
+    if (c->use_quant_conv) D3SR_CHECK(run_conv(ctx, &v->quant_conv, &x));                          // [n, h, w, 2 * latent]
+    D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->latent_channels, call->output));                  // mean: [n, latent, h, w]
+    d3sr_tensor_release(ctx, &x);
+    return D3SR_OK;
+}
+
+static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
+{
+    const vae_call *call = arg;
+    const vae *v = call->v;
+    const d3sr_vae_config *c = &v->cfg;
+    d3sr_tensor x;
+    D3SR_CHECK(d3sr_upload_nchw(ctx, call->input, call->n, c->latent_channels, call->h, call->w, &x)); // [n, h, w, latent]
+    if (c->use_post_quant_conv) D3SR_CHECK(run_conv(ctx, &v->post_quant_conv, &x));
+    D3SR_CHECK(run_conv(ctx, &v->dec_conv_in, &x));                                                // [n, h, w, boc_last]
+    D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "decoder.conv_in"));
+    D3SR_CHECK(run_mid(ctx, &v->dec_mid, &x));
+    D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "decoder.mid_block"));
+    for (int i = 0; i < c->num_levels; i++) {
+        const vae_level *level = &v->dec_levels[i];
+        D3SR_CHECK(run_resnets(ctx, level->resnets, level->n_resnets, &x));                        // [n, h*2^i, w*2^i, boc_(last-i)]
+        if (level->has_resample) {
+            d3sr_tensor up;
+            D3SR_CHECK(d3sr_upsample_nearest2x(ctx, &x, &up));                                     // [n, 2x, 2x, c]
+            d3sr_tensor_release(ctx, &x);
+            x = up;
+            D3SR_CHECK(run_conv(ctx, &level->resample, &x));
+        }
+        D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "decoder.up_blocks.%d", i));
+    }
+    D3SR_CHECK(run_norm_silu(ctx, &v->dec_norm_out, &x));
+    D3SR_CHECK(run_conv(ctx, &v->dec_conv_out, &x));                                               // [n, H, W, out]
+    D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->out_channels, call->output));                     // [n, out, H, W]
+    d3sr_tensor_release(ctx, &x);
+    return D3SR_OK;
+}
+
+static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_status (*forward)(d3sr_ctx *, void *),
+                           const float *input, int n, int channels, int h, int w, int multiple, float *output)
+{
+    vae *v = m->impl;
+    D3SR_CHECK(d3sr_model_enter(m, D3SR_MODEL_VAE, what));
+    d3sr_status status = D3SR_OK;
+    if (!(v->parts & part))
+        status = d3sr_fail(D3SR_ERR_VALUE, "%s: this VAE was loaded without its %s", what,
+                           part == D3SR_VAE_ENCODER ? "encoder" : "decoder");
+    else if (n < 1 || h < 1 || w < 1)
+        status = d3sr_fail(D3SR_ERR_VALUE, "%s: the input [%d, %d, %d, %d] is empty", what, n, channels, h, w);
+    else if (h % multiple || w % multiple)
+        status = d3sr_fail(D3SR_ERR_VALUE, "%s: height and width must be multiples of %d, got %d x %d", what, multiple, h, w);
+    else
+        status = d3sr_check_finite(input, (size_t)n * channels * h * w, what);
+    if (status == D3SR_OK) {
+        vae_call call = {v, input, n, h, w, output};
+        status = d3sr_ctx_run(&m->ctx, forward, &call);
+    }
+    d3sr_model_leave(m);
+    return status;
+}
+
+d3sr_status d3sr_vae_output_shape(const d3sr_model *m, int encode, const int64_t in[4], int64_t out[4])
+{
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_output_shape needs a VAE");
+    const vae *v = m->impl;
+    const d3sr_vae_config *c = &v->cfg;
+    const int64_t factor = (int64_t)1 << (c->num_levels - 1);
+    const char *arg = encode ? "x" : "z";
+    int64_t channels = encode ? c->in_channels : c->latent_channels;
+    if (!(v->parts & (encode ? D3SR_VAE_ENCODER : D3SR_VAE_DECODER)))
+        return d3sr_fail(D3SR_ERR_VALUE, "this VAE was loaded without its %s", encode ? "encoder" : "decoder");
+    if (in[1] != channels)
+        return d3sr_fail(D3SR_ERR_VALUE, "%s must have shape [N, %lld, H, W], got [%lld, %lld, %lld, %lld]", arg,
+                         (long long)channels, (long long)in[0], (long long)in[1], (long long)in[2], (long long)in[3]);
+    if (in[0] < 1 || in[2] < 1 || in[3] < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "%s is empty: shape [%lld, %lld, %lld, %lld]", arg, (long long)in[0],
+                         (long long)in[1], (long long)in[2], (long long)in[3]);
+    if (encode && (in[2] % factor || in[3] % factor))
+        return d3sr_fail(D3SR_ERR_VALUE, "x's height and width must be multiples of %lld, got %lld x %lld",
+                         (long long)factor, (long long)in[2], (long long)in[3]);
+    int64_t oh = encode ? in[2] / factor : in[2] * factor, ow = encode ? in[3] / factor : in[3] * factor;
+    if (in[0] > INT32_MAX || oh > INT32_MAX / 4 || ow > INT32_MAX / 4 || in[0] * oh * ow > ((int64_t)1 << 40))
+        return d3sr_fail(D3SR_ERR_VALUE, "%s is too large: shape [%lld, %lld, %lld, %lld]", arg, (long long)in[0],
+                         (long long)in[1], (long long)in[2], (long long)in[3]);
+    out[0] = in[0];
+    out[1] = encode ? c->latent_channels : c->out_channels;
+    out[2] = oh;
+    out[3] = ow;
+    return D3SR_OK;
+}
+
+d3sr_status d3sr_vae_encode(d3sr_model *m, const float *x, int n, int h, int w, float *mean)
+{
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_encode needs a VAE");
+    const vae *v = m->impl;
+    int factor = 1 << (v->cfg.num_levels - 1);
+    return vae_run(m, D3SR_VAE_ENCODER, "encode", encode_forward, x, n, v->cfg.in_channels, h, w, factor, mean);
+}
+
+d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w, float *image)
+{
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_decode needs a VAE");
+    const vae *v = m->impl;
+    return vae_run(m, D3SR_VAE_DECODER, "decode", decode_forward, z, n, v->cfg.latent_channels, h, w, 1, image);
+}

@@ -1,0 +1,45 @@
+/* backend.h: the table of kernels each backend (CPU, CUDA) implements.
+ *
+ * ops.c checks shapes and allocates outputs; a backend function receives
+ * tensors whose shapes are already known to agree and only computes. The
+ * CUDA backend lives in its own shared object and hands this table over
+ * through d3sr_cuda_backend(); see ops/device.c.
+ */
+#ifndef D3SR_OPS_BACKEND_H
+#define D3SR_OPS_BACKEND_H
+
+#include "ops.h"
+
+struct d3sr_backend {
+    const char *name;
+    d3sr_status (*init)(d3sr_ctx *ctx);
+    void (*destroy)(d3sr_ctx *ctx);
+
+    d3sr_status (*alloc)(d3sr_ctx *ctx, size_t bytes, void **out);
+    void (*free)(d3sr_ctx *ctx, void *p);
+
+    /* host: float32 in PyTorch layout; dst's shape is set by the caller (see ops.c). */
+    d3sr_status (*upload_weight)(d3sr_ctx *ctx, d3sr_weight_kind kind, const float *host,
+                                 d3sr_tensor *dst);
+    /* Host float32 in the tensor's own layout [n, h, w, c], or in NCHW. */
+    d3sr_status (*upload)(d3sr_ctx *ctx, const float *host, d3sr_tensor *dst);
+    d3sr_status (*download)(d3sr_ctx *ctx, const d3sr_tensor *src, float *host);
+    d3sr_status (*upload_nchw)(d3sr_ctx *ctx, const float *host, d3sr_tensor *dst);
+    d3sr_status (*download_nchw)(d3sr_ctx *ctx, const d3sr_tensor *src, int c0, int c1,
+                                 float *host);
+
+    d3sr_status (*conv2d)(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
+                          const d3sr_tensor *residual, d3sr_tensor *out);
+    d3sr_status (*linear)(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
+                          const d3sr_tensor *residual, d3sr_tensor *out);
+    d3sr_status (*group_norm)(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
+                              int silu, d3sr_tensor *out);
+    d3sr_status (*attention)(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
+                             const d3sr_tensor *v, int heads, d3sr_tensor *out);
+    d3sr_status (*upsample_nearest2x)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+    d3sr_status (*add_inplace)(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
+};
+
+extern const d3sr_backend d3sr_cpu_backend;
+
+#endif /* D3SR_OPS_BACKEND_H */

@@ -1,0 +1,368 @@
+/* ops.c: shape checks, output allocation and dispatch to the backend.
+ *
+ * Every op runs in two passes (see core/arena.h): while planning it only
+ * checks shapes and allocates; the real pass calls the backend's kernel. The
+ * checks here are the single place shapes are validated, so kernels may
+ * assume agreeing shapes.
+ */
+#include "ops.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/status.h"
+#include "backend.h"
+#include "device.h"
+
+d3sr_status d3sr_ctx_init(d3sr_ctx *ctx, const char *device, d3sr_dtype dtype)
+{
+    memset(ctx, 0, sizeof *ctx);
+    D3SR_CHECK(d3sr_device_backend(device, dtype, &ctx->backend));
+    ctx->dtype = dtype;
+    if (ctx->backend->init) D3SR_CHECK(ctx->backend->init(ctx));
+    return D3SR_OK;
+}
+
+void d3sr_ctx_destroy(d3sr_ctx *ctx)
+{
+    if (!ctx->backend) return;
+    if (ctx->arena.base) ctx->backend->free(ctx, ctx->arena.base);
+    if (ctx->workspace) ctx->backend->free(ctx, ctx->workspace);
+    d3sr_arena_clear(&ctx->arena);
+    d3sr_capture_clear(&ctx->capture);
+    if (ctx->backend->destroy) ctx->backend->destroy(ctx);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg)
+{
+    int capturing = ctx->capture.enabled;
+    d3sr_capture_clear(&ctx->capture);
+    ctx->capture.enabled = capturing;
+    d3sr_arena_begin(&ctx->arena, 1);
+    D3SR_CHECK(forward(ctx, arg));
+    size_t need = ctx->arena.peak;
+    if (need > ctx->arena.capacity) {
+        if (ctx->arena.base) ctx->backend->free(ctx, ctx->arena.base);
+        ctx->arena.base = NULL;
+        ctx->arena.capacity = 0;
+        D3SR_CHECK(ctx->backend->alloc(ctx, need, (void **)&ctx->arena.base));
+        ctx->arena.capacity = need;
+    }
+    d3sr_arena_begin(&ctx->arena, 0);
+    return forward(ctx, arg);
+}
+
+d3sr_status d3sr_workspace(d3sr_ctx *ctx, size_t bytes, void **out)
+{
+    if (bytes > ctx->workspace_bytes) {
+        if (ctx->workspace) ctx->backend->free(ctx, ctx->workspace);
+        ctx->workspace = NULL;
+        ctx->workspace_bytes = 0;
+        D3SR_CHECK(ctx->backend->alloc(ctx, bytes, &ctx->workspace));
+        ctx->workspace_bytes = bytes;
+    }
+    *out = ctx->workspace;
+    return D3SR_OK;
+}
+
+/* ---- weights ----------------------------------------------------------- */
+
+d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char *prefix, int cin,
+                               int cout, int kernel, int stride, int pad, int bias)
+{
+    memset(conv, 0, sizeof *conv);
+    conv->cin = cin;
+    conv->cout = cout;
+    conv->kh = conv->kw = kernel;
+    conv->stride = stride;
+    conv->pad_top = conv->pad_bottom = conv->pad_left = conv->pad_right = pad;
+    int64_t wshape[4] = {cout, cin, kernel, kernel};
+    D3SR_CHECK(d3sr_params_add(params, &conv->weight, D3SR_WEIGHT_CONV, 4, wshape, "%s.weight", prefix));
+    if (bias) {
+        int64_t bshape[1] = {cout};
+        D3SR_CHECK(d3sr_params_add(params, &conv->bias, D3SR_WEIGHT_VECTOR, 1, bshape, "%s.bias", prefix));
+    }
+    return D3SR_OK;
+}
+
+d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, const char *prefix, int in,
+                                 int out, int bias)
+{
+    memset(lin, 0, sizeof *lin);
+    lin->in = in;
+    lin->out = out;
+    int64_t wshape[2] = {out, in};
+    D3SR_CHECK(d3sr_params_add(params, &lin->weight, D3SR_WEIGHT_LINEAR, 2, wshape, "%s.weight", prefix));
+    if (bias) {
+        int64_t bshape[1] = {out};
+        D3SR_CHECK(d3sr_params_add(params, &lin->bias, D3SR_WEIGHT_VECTOR, 1, bshape, "%s.bias", prefix));
+    }
+    return D3SR_OK;
+}
+
+d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, const char *prefix,
+                               int channels, int groups, float eps)
+{
+    memset(norm, 0, sizeof *norm);
+    norm->channels = channels;
+    norm->groups = groups;
+    norm->eps = eps;
+    int64_t shape[1] = {channels};
+    D3SR_CHECK(d3sr_params_add(params, &norm->gamma, D3SR_WEIGHT_VECTOR, 1, shape, "%s.weight", prefix));
+    D3SR_CHECK(d3sr_params_add(params, &norm->beta, D3SR_WEIGHT_VECTOR, 1, shape, "%s.bias", prefix));
+    return D3SR_OK;
+}
+
+/* IEEE half to float, exact for every value including subnormals, Inf and NaN. */
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exponent = (h >> 10) & 0x1f;
+    uint32_t mantissa = h & 0x3ff;
+    uint32_t bits;
+    if (exponent == 0x1f) {
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        exponent = 113;
+        while (!(mantissa & 0x400)) {
+            mantissa <<= 1;
+            exponent--;
+        }
+        bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtype dtype,
+                               const void *host, d3sr_tensor *dst)
+{
+    size_t count = 1;
+    for (int i = 0; i < param->ndim; i++) count *= (size_t)param->shape[i];
+
+    const float *f32 = host;
+    float *converted = NULL;
+    if (dtype != D3SR_F32) {
+        converted = malloc(count * sizeof *converted);
+        if (!converted)
+            return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory converting weight '%s'", param->name);
+        const uint16_t *bits = host;
+        for (size_t i = 0; i < count; i++) {
+            if (dtype == D3SR_F16) {
+                converted[i] = half_to_float(bits[i]);
+            } else {
+                uint32_t wide = (uint32_t)bits[i] << 16;
+                memcpy(&converted[i], &wide, sizeof wide);
+            }
+        }
+        f32 = converted;
+    }
+
+    const int64_t *s = param->shape;
+    memset(dst, 0, sizeof *dst);
+    dst->dtype = ctx->dtype;
+    switch (param->kind) {
+    case D3SR_WEIGHT_CONV: dst->n = (int)s[0]; dst->h = (int)s[2]; dst->w = (int)s[3]; dst->c = (int)s[1]; break;
+    case D3SR_WEIGHT_LINEAR: dst->n = 1; dst->h = 1; dst->w = (int)s[0]; dst->c = (int)s[1]; break;
+    case D3SR_WEIGHT_VECTOR: dst->n = 1; dst->h = 1; dst->w = 1; dst->c = (int)s[0]; break;
+    }
+    d3sr_status status = ctx->backend->upload_weight(ctx, param->kind, f32, dst);
+    free(converted);
+    if (status != D3SR_OK) return d3sr_fail_context(status, "weight '%s'", param->name);
+    return D3SR_OK;
+}
+
+void d3sr_weight_free(d3sr_ctx *ctx, d3sr_tensor *weight)
+{
+    if (weight->data) ctx->backend->free(ctx, weight->data);
+    weight->data = NULL;
+}
+
+/* ---- activations ------------------------------------------------------- */
+
+d3sr_status d3sr_tensor_new(d3sr_ctx *ctx, int n, int h, int w, int c, d3sr_tensor *out)
+{
+    if (n <= 0 || h <= 0 || w <= 0 || c <= 0)
+        return d3sr_fail(D3SR_ERR_VALUE, "internal error: tensor shape [%d, %d, %d, %d] is empty", n, h, w, c);
+    memset(out, 0, sizeof *out);
+    out->dtype = ctx->dtype;
+    out->n = n;
+    out->h = h;
+    out->w = w;
+    out->c = c;
+    d3sr_status status = d3sr_arena_alloc(&ctx->arena, d3sr_tensor_bytes(out), &out->data);
+    if (status != D3SR_OK) out->data = NULL;
+    return status;
+}
+
+void d3sr_tensor_release(d3sr_ctx *ctx, d3sr_tensor *t)
+{
+    if (t->data) d3sr_arena_release(&ctx->arena, t->data);
+    t->data = NULL;
+}
+
+d3sr_status d3sr_upload(d3sr_ctx *ctx, const float *host, int n, int h, int w, int c, d3sr_tensor *out)
+{
+    D3SR_CHECK(d3sr_tensor_new(ctx, n, h, w, c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->upload(ctx, host, out);
+}
+
+d3sr_status d3sr_download(d3sr_ctx *ctx, const d3sr_tensor *x, float *host)
+{
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->download(ctx, x, host);
+}
+
+d3sr_status d3sr_upload_nchw(d3sr_ctx *ctx, const float *host, int n, int c, int h, int w,
+                             d3sr_tensor *out)
+{
+    D3SR_CHECK(d3sr_tensor_new(ctx, n, h, w, c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->upload_nchw(ctx, host, out);
+}
+
+d3sr_status d3sr_download_nchw(d3sr_ctx *ctx, const d3sr_tensor *x, int c0, int c1, float *host)
+{
+    if (c0 < 0 || c1 > x->c || c0 >= c1)
+        return d3sr_fail(D3SR_ERR_VALUE, "internal error: channels [%d, %d) of a %d-channel tensor", c0, c1, x->c);
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->download_nchw(ctx, x, c0, c1, host);
+}
+
+void d3sr_capture_clear(d3sr_capture *capture)
+{
+    for (int i = 0; i < capture->count; i++) free(capture->items[i].data);
+    free(capture->items);
+    memset(capture, 0, sizeof *capture);
+}
+
+d3sr_status d3sr_capture_tensor(d3sr_ctx *ctx, const d3sr_tensor *x, const char *fmt, ...)
+{
+    d3sr_capture *cap = &ctx->capture;
+    if (!cap->enabled || d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (cap->count == cap->capacity) {
+        int capacity = cap->capacity ? 2 * cap->capacity : 32;
+        d3sr_captured *items = realloc(cap->items, (size_t)capacity * sizeof *items);
+        if (!items) return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory capturing activations");
+        cap->items = items;
+        cap->capacity = capacity;
+    }
+    d3sr_captured *item = &cap->items[cap->count];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(item->name, sizeof item->name, fmt, args);
+    va_end(args);
+    item->shape[0] = x->n;
+    item->shape[1] = x->c;
+    item->shape[2] = x->h;
+    item->shape[3] = x->w;
+    item->data = malloc(d3sr_tensor_numel(x) * sizeof(float));
+    if (!item->data) return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory capturing '%s'", item->name);
+    cap->count++;
+    return ctx->backend->download_nchw(ctx, x, 0, x->c, item->data);
+}
+
+/* ---- ops --------------------------------------------------------------- */
+
+static int same_shape(const d3sr_tensor *a, const d3sr_tensor *b)
+{
+    return a->n == b->n && a->h == b->h && a->w == b->w && a->c == b->c;
+}
+
+void d3sr_conv_output_size(const d3sr_conv *conv, int h, int w, int *ho, int *wo)
+{
+    int hp = h + conv->pad_top + conv->pad_bottom, wp = w + conv->pad_left + conv->pad_right;
+    *ho = hp < conv->kh ? 0 : (hp - conv->kh) / conv->stride + 1;
+    *wo = wp < conv->kw ? 0 : (wp - conv->kw) / conv->stride + 1;
+}
+
+d3sr_status d3sr_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
+                        const d3sr_tensor *residual, d3sr_tensor *out)
+{
+    if (x->c != conv->cin)
+        return d3sr_fail(D3SR_ERR_VALUE, "conv2d: input has %d channels, the layer takes %d", x->c, conv->cin);
+    int ho, wo;
+    d3sr_conv_output_size(conv, x->h, x->w, &ho, &wo);
+    if (ho <= 0 || wo <= 0)
+        return d3sr_fail(D3SR_ERR_VALUE, "conv2d: a %dx%d input is smaller than the %dx%d kernel",
+                         x->h, x->w, conv->kh, conv->kw);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, ho, wo, conv->cout, out));
+    if (residual && !same_shape(residual, out))
+        return d3sr_fail(D3SR_ERR_VALUE, "conv2d: residual [%d, %d, %d, %d] differs from output [%d, %d, %d, %d]",
+                         residual->n, residual->h, residual->w, residual->c, out->n, out->h, out->w, out->c);
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->conv2d(ctx, x, conv, residual, out);
+}
+
+d3sr_status d3sr_linear_apply(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
+                              const d3sr_tensor *residual, d3sr_tensor *out)
+{
+    if (x->c != lin->in)
+        return d3sr_fail(D3SR_ERR_VALUE, "linear: input has %d features, the layer takes %d", x->c, lin->in);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, lin->out, out));
+    if (residual && !same_shape(residual, out))
+        return d3sr_fail(D3SR_ERR_VALUE, "linear: residual shape differs from the output's");
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->linear(ctx, x, lin, residual, out);
+}
+
+d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
+                            d3sr_tensor *out)
+{
+    if (x->c != norm->channels || norm->groups <= 0 || x->c % norm->groups != 0)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: %d channels in %d groups, the layer has %d channels",
+                         x->c, norm->groups, norm->channels);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->group_norm(ctx, x, norm, silu, out);
+}
+
+d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
+                           const d3sr_tensor *v, int heads, d3sr_tensor *out)
+{
+    if (heads <= 0 || q->c % heads != 0 || k->c != q->c || v->c != q->c || q->n != k->n || k->n != v->n ||
+        d3sr_tensor_pixels(k) != d3sr_tensor_pixels(v))
+        return d3sr_fail(D3SR_ERR_VALUE, "attention: q [%d, %d, %d], k [%d, %d, %d], v [%d, %d, %d] with %d heads do not agree",
+                         q->n, q->h * q->w, q->c, k->n, k->h * k->w, k->c, v->n, v->h * v->w, v->c, heads);
+    D3SR_CHECK(d3sr_tensor_new(ctx, q->n, q->h, q->w, q->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->attention(ctx, q, k, v, heads, out);
+}
+
+d3sr_status d3sr_upsample_nearest2x(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+{
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, 2 * x->h, 2 * x->w, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->upsample_nearest2x(ctx, x, out);
+}
+
+d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b)
+{
+    if (!same_shape(a, b))
+        return d3sr_fail(D3SR_ERR_VALUE, "add: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
+                         a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->add_inplace(ctx, a, b);
+}
+
+d3sr_status d3sr_reshape(const d3sr_tensor *x, int n, int h, int w, int c, d3sr_tensor *out)
+{
+    if ((size_t)n * h * w * c != d3sr_tensor_numel(x))
+        return d3sr_fail(D3SR_ERR_VALUE, "internal error: reshape [%d, %d, %d, %d] to [%d, %d, %d, %d]",
+                         x->n, x->h, x->w, x->c, n, h, w, c);
+    *out = *x;
+    out->n = n;
+    out->h = h;
+    out->w = w;
+    out->c = c;
+    return D3SR_OK;
+}

@@ -1,0 +1,144 @@
+/* ops.h: the operations models are written in, the same for every backend.
+ *
+ * Shapes are [n, h, w, c] (channels-last); token sequences are [n, 1, L, c].
+ * Each op checks its shapes, allocates its output from the context's arena
+ * and, except while planning, runs the backend's kernel. Models call only
+ * these functions, so a model is written once for CPU and CUDA. Outputs are
+ * released with d3sr_tensor_release() in any order.
+ */
+#ifndef D3SR_OPS_OPS_H
+#define D3SR_OPS_OPS_H
+
+#include "../core/arena.h"
+#include "../core/params.h"
+#include "../core/tensor.h"
+
+typedef struct d3sr_backend d3sr_backend;
+
+/* Intermediate activations copied to the host while a call runs, for
+ * block-by-block comparison with a reference and for inspection. */
+typedef struct {
+    char name[D3SR_NAME_BYTES];
+    int64_t shape[4]; /* NCHW */
+    float *data;      /* owned: host, NCHW */
+} d3sr_captured;
+
+typedef struct {
+    int enabled;
+    d3sr_captured *items; /* owned */
+    int count, capacity;
+} d3sr_capture;
+
+/* One model's execution state: backend, activation arena and scratch. */
+typedef struct d3sr_ctx {
+    const d3sr_backend *backend; /* borrowed: static table of the backend */
+    void *backend_state;         /* owned by the backend (CUDA handles, stream); NULL on CPU */
+    d3sr_dtype dtype;            /* activation dtype: F32 on CPU */
+    d3sr_arena arena;
+    void *workspace;             /* owned (backend memory): scratch of the running op */
+    size_t workspace_bytes;
+    d3sr_capture capture;
+} d3sr_ctx;
+
+/* A convolution, weights in the backend's layout. */
+typedef struct {
+    d3sr_tensor weight; /* [cout, kh, kw, cin] on CPU */
+    d3sr_tensor bias;   /* [cout]; data NULL when the layer has none */
+    int cin, cout, kh, kw, stride;
+    int pad_top, pad_bottom, pad_left, pad_right;
+} d3sr_conv;
+
+/* y = x W^T + b over the last dimension. */
+typedef struct {
+    d3sr_tensor weight; /* [out, in] */
+    d3sr_tensor bias;   /* [out]; data NULL when the layer has none */
+    int in, out;
+} d3sr_linear;
+
+/* GroupNorm (groups over channels, statistics over pixels) or LayerNorm
+ * (statistics over the channels of each token; groups unused). */
+typedef struct {
+    d3sr_tensor gamma, beta; /* [channels] */
+    int channels, groups;
+    float eps;
+} d3sr_norm;
+
+d3sr_status d3sr_ctx_init(d3sr_ctx *ctx, const char *device, d3sr_dtype dtype);
+void d3sr_ctx_destroy(d3sr_ctx *ctx);
+
+/* Runs forward(ctx, arg) twice: planning, then for real once the arena holds the plan. */
+d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg);
+
+static inline int d3sr_ctx_planning(const d3sr_ctx *ctx) { return ctx->arena.planning; }
+
+/* Scratch for the op being run: valid until the next call. Grows on demand. */
+d3sr_status d3sr_workspace(d3sr_ctx *ctx, size_t bytes, void **out);
+
+/* ---- weights ----------------------------------------------------------- */
+
+/* Registers "<prefix>.weight" (and "<prefix>.bias") of a layer with the params
+ * table and fills in its sizes; the tensors are set when the weights load. */
+d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char *prefix, int cin,
+                               int cout, int kernel, int stride, int pad, int bias);
+d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, const char *prefix, int in,
+                                 int out, int bias);
+d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, const char *prefix,
+                               int channels, int groups, float eps);
+
+/* Converts a host weight (PyTorch layout, F32/F16/BF16) into dst on the ctx's device. */
+d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtype dtype,
+                               const void *host, d3sr_tensor *dst);
+void d3sr_weight_free(d3sr_ctx *ctx, d3sr_tensor *weight);
+
+/* ---- activations ------------------------------------------------------- */
+
+d3sr_status d3sr_tensor_new(d3sr_ctx *ctx, int n, int h, int w, int c, d3sr_tensor *out);
+void d3sr_tensor_release(d3sr_ctx *ctx, d3sr_tensor *t);
+
+/* Host float32 [n, h, w, c] (channels-last, e.g. token sequences) <-> a device tensor. */
+d3sr_status d3sr_upload(d3sr_ctx *ctx, const float *host, int n, int h, int w, int c, d3sr_tensor *out);
+d3sr_status d3sr_download(d3sr_ctx *ctx, const d3sr_tensor *x, float *host);
+
+/* Host NCHW float32 [n, c, h, w] <-> a device tensor [n, h, w, c]. download
+ * copies channels [c0, c1) only. */
+d3sr_status d3sr_upload_nchw(d3sr_ctx *ctx, const float *host, int n, int c, int h, int w,
+                             d3sr_tensor *out);
+d3sr_status d3sr_download_nchw(d3sr_ctx *ctx, const d3sr_tensor *x, int c0, int c1, float *host);
+
+/* Copies x to the host under name when capturing is on (a no-op otherwise). */
+d3sr_status d3sr_capture_tensor(d3sr_ctx *ctx, const d3sr_tensor *x, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void d3sr_capture_clear(d3sr_capture *capture);
+
+/* ---- ops --------------------------------------------------------------- */
+
+/* Output height and width of conv on an h x w input (<= 0 when the input is too small). */
+void d3sr_conv_output_size(const d3sr_conv *conv, int h, int w, int *ho, int *wo);
+
+/* out = conv(x) + bias (+ residual, same shape as out, when not NULL). */
+d3sr_status d3sr_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
+                        const d3sr_tensor *residual, d3sr_tensor *out);
+
+/* out = x W^T + b (+ residual) over the channel dimension. */
+d3sr_status d3sr_linear_apply(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
+                              const d3sr_tensor *residual, d3sr_tensor *out);
+
+/* GroupNorm over [h, w, c/groups] per sample and group, then SiLU if silu. */
+d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
+                            d3sr_tensor *out);
+
+/* Multi-head scaled dot-product attention, softmax in fp32.
+ * q [n, 1, Lq, heads*d], k and v [n, 1, Lk, heads*d] -> out [n, 1, Lq, heads*d]. */
+d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
+                           const d3sr_tensor *v, int heads, d3sr_tensor *out);
+
+/* Nearest-neighbour upsampling by 2 in h and w. */
+d3sr_status d3sr_upsample_nearest2x(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+
+/* a += b (same shape). */
+d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
+
+/* A view of the same data with another shape of equal element count. */
+d3sr_status d3sr_reshape(const d3sr_tensor *x, int n, int h, int w, int c, d3sr_tensor *out);
+
+#endif /* D3SR_OPS_OPS_H */

@@ -1,0 +1,34 @@
+/* single_op.h: one op on host arrays, for testing every backend's kernels
+ * against NumPy. Arrays are float32, channels-last ([n, h, w, c]; tokens
+ * [n, L, c]); weights in PyTorch's layout. Each call builds a context on
+ * device, runs the op through ops.h exactly as a model would, and frees it.
+ */
+#ifndef D3SR_OPS_SINGLE_OP_H
+#define D3SR_OPS_SINGLE_OP_H
+
+#include "../d3sr.h"
+
+/* pad: top, bottom, left, right. residual: [n, ho, wo, cout] or NULL. */
+D3SR_API d3sr_status d3sr_single_conv2d(const char *device, d3sr_dtype dtype, const float *x, int n,
+                                        int h, int w, int cin, const float *weight, const float *bias,
+                                        int cout, int kh, int kw, int stride, const int pad[4],
+                                        const float *residual, float *out);
+
+D3SR_API d3sr_status d3sr_single_linear(const char *device, d3sr_dtype dtype, const float *x,
+                                        int rows, int in, const float *weight, const float *bias,
+                                        int out_features, float *out);
+
+D3SR_API d3sr_status d3sr_single_group_norm(const char *device, d3sr_dtype dtype, const float *x,
+                                            int n, int h, int w, int c, int groups,
+                                            const float *gamma, const float *beta, float eps,
+                                            int silu, float *out);
+
+D3SR_API d3sr_status d3sr_single_attention(const char *device, d3sr_dtype dtype, const float *q,
+                                           const float *k, const float *v, int n, int lq, int lk,
+                                           int width, int heads, float *out);
+
+D3SR_API d3sr_status d3sr_single_upsample_nearest2x(const char *device, d3sr_dtype dtype,
+                                                    const float *x, int n, int h, int w, int c,
+                                                    float *out);
+
+#endif /* D3SR_OPS_SINGLE_OP_H */

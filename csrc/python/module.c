@@ -1,0 +1,641 @@
+/* module.c: d3sr._core, the binding between NumPy and the C core.
+ *
+ * The only file that includes Python.h and the NumPy C API. It checks and
+ * names each argument, borrows input arrays for the length of a call
+ * (PyArray_FROM_OTF with NPY_ARRAY_IN_ARRAY, never modified), allocates
+ * outputs with the GIL held, releases the GIL around every call into the
+ * core and turns a failed status into the matching exception with the
+ * core's message. No arithmetic on data happens here.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pythread.h>
+
+#define NPY_NO_DEPRECATED_API NPY_1_20_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../d3sr.h"
+#include "../ops/device.h"
+#include "../ops/single_op.h"
+
+/* ---- errors ------------------------------------------------------------ */
+
+static PyObject *raise_status(d3sr_status status)
+{
+    PyObject *type;
+    switch (status) {
+    case D3SR_ERR_VALUE: type = PyExc_ValueError; break;
+    case D3SR_ERR_TYPE: type = PyExc_TypeError; break;
+    case D3SR_ERR_MEMORY: type = PyExc_MemoryError; break;
+    default: type = PyExc_RuntimeError; break;
+    }
+    PyErr_SetString(type, d3sr_last_error());
+    return NULL;
+}
+
+/* Borrow obj as a C-contiguous float32 array of ndim dimensions (ndim < 0: any).
+ * Other dtypes are a TypeError naming arg: converting silently would hide a
+ * caller's mistake. Returns a new reference, or NULL with an exception set. */
+static PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, not %s", arg, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != NPY_FLOAT32) {
+        PyObject *name = PyObject_Str((PyObject *)PyArray_DESCR(a));
+        PyErr_Format(PyExc_TypeError, "%s must have dtype float32, not %S", arg, name);
+        Py_XDECREF(name);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, not %d", arg, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+}
+
+static int parse_dtype(const char *name, d3sr_dtype *out)
+{
+    if (strcmp(name, "fp32") == 0) *out = D3SR_F32;
+    else if (strcmp(name, "fp16") == 0) *out = D3SR_F16;
+    else if (strcmp(name, "bf16") == 0) *out = D3SR_BF16;
+    else {
+        PyErr_Format(PyExc_ValueError, "dtype must be 'fp32', 'fp16' or 'bf16', not '%s'", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- Model ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    d3sr_model *model;       /* owned */
+    PyThread_type_lock lock; /* owned: a second thread waits here, GIL released */
+} ModelObject;
+
+static void model_dealloc(ModelObject *self)
+{
+    d3sr_model_free(self->model);
+    if (self->lock) PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ModelType;
+
+static PyObject *wrap_model(d3sr_model *model)
+{
+    ModelObject *self = PyObject_New(ModelObject, &ModelType);
+    if (!self) {
+        d3sr_model_free(model);
+        return NULL;
+    }
+    self->model = model;
+    self->lock = PyThread_allocate_lock();
+    if (!self->lock) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+#define RUN_LOCKED(self, call)                         \
+    Py_BEGIN_ALLOW_THREADS                             \
+    PyThread_acquire_lock((self)->lock, WAIT_LOCK);    \
+    status = (call);                                   \
+    PyThread_release_lock((self)->lock);               \
+    Py_END_ALLOW_THREADS
+
+static PyObject *model_set_weight(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"name", "array", "bfloat16", NULL};
+    const char *name;
+    PyObject *obj;
+    int bfloat16 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO|p", keywords, &name, &obj, &bfloat16)) return NULL;
+    if (!PyArray_Check(obj)) return PyErr_Format(PyExc_TypeError, "weight '%s' must be a numpy.ndarray", name);
+    d3sr_dtype dtype;
+    int type = PyArray_TYPE((PyArrayObject *)obj);
+    if (type == NPY_FLOAT32 && !bfloat16) dtype = D3SR_F32;
+    else if (type == NPY_FLOAT16 && !bfloat16) dtype = D3SR_F16;
+    else if (type == NPY_UINT16 && bfloat16) dtype = D3SR_BF16;
+    else return PyErr_Format(PyExc_TypeError, "weight '%s' must be float32, float16, or uint16 bits with bfloat16=True", name);
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(obj, type, NPY_ARRAY_IN_ARRAY);
+    if (!a) return NULL;
+    int ndim = PyArray_NDIM(a);
+    if (ndim > 4) {
+        Py_DECREF(a);
+        return PyErr_Format(PyExc_ValueError, "weight '%s' has %d dimensions, at most 4 are expected", name, ndim);
+    }
+    int64_t shape[4];
+    for (int i = 0; i < ndim; i++) shape[i] = PyArray_DIM(a, i);
+    d3sr_status status;
+    RUN_LOCKED(self, d3sr_model_set_weight(self->model, name, dtype, ndim, shape, PyArray_DATA(a)));
+    Py_DECREF(a);
+    if (status != D3SR_OK) return raise_status(status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_weights(ModelObject *self, PyObject *unused)
+{
+    (void)unused;
+    int count = d3sr_model_num_weights(self->model);
+    PyObject *list = PyList_New(count);
+    if (!list) return NULL;
+    for (int i = 0; i < count; i++) {
+        const char *name;
+        int ndim, is_set;
+        int64_t shape[4];
+        d3sr_model_weight_info(self->model, i, &name, &ndim, shape, &is_set);
+        PyObject *dims = PyTuple_New(ndim);
+        if (!dims) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        for (int d = 0; d < ndim; d++) PyTuple_SET_ITEM(dims, d, PyLong_FromLongLong(shape[d]));
+        PyObject *item = Py_BuildValue("(sNO)", name, dims, is_set ? Py_True : Py_False);
+        if (!item) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *model_check_complete(ModelObject *self, PyObject *unused)
+{
+    (void)unused;
+    d3sr_status status = d3sr_model_check_complete(self->model);
+    if (status != D3SR_OK) return raise_status(status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_memory(ModelObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("{s:n,s:n}", "weights", (Py_ssize_t)d3sr_model_weight_bytes(self->model),
+                         "activations", (Py_ssize_t)d3sr_model_arena_bytes(self->model));
+}
+
+/* encode or decode: the core checks x's shape and sizes the output. */
+static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
+{
+    PyArrayObject *x = float32_array(obj, encode ? "x" : "z", 4);
+    if (!x) return NULL;
+    int64_t in[4], out[4];
+    for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
+    d3sr_status status = d3sr_vae_output_shape(self->model, encode, in, out);
+    if (status != D3SR_OK) {
+        Py_DECREF(x);
+        return raise_status(status);
+    }
+    npy_intp dims[4] = {(npy_intp)out[0], (npy_intp)out[1], (npy_intp)out[2], (npy_intp)out[3]};
+    PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (!y) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    const float *xd = PyArray_DATA(x);
+    float *yd = PyArray_DATA(y);
+    int n = (int)in[0], h = (int)in[2], w = (int)in[3];
+    if (encode) {
+        RUN_LOCKED(self, d3sr_vae_encode(self->model, xd, n, h, w, yd));
+    } else {
+        RUN_LOCKED(self, d3sr_vae_decode(self->model, xd, n, h, w, yd));
+    }
+    Py_DECREF(x);
+    if (status != D3SR_OK) {
+        Py_DECREF(y);
+        return raise_status(status);
+    }
+    return (PyObject *)y;
+}
+
+static PyObject *model_vae_encode(ModelObject *self, PyObject *x) { return vae_call(self, x, 1); }
+static PyObject *model_vae_decode(ModelObject *self, PyObject *z) { return vae_call(self, z, 0); }
+
+static PyObject *model_set_capture(ModelObject *self, PyObject *arg)
+{
+    int enabled = PyObject_IsTrue(arg);
+    if (enabled < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    d3sr_model_set_capture(self->model, enabled);
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* {name: ndarray} copies of what the last call captured, in the order captured. */
+static PyObject *model_captured(ModelObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *dict = PyDict_New();
+    if (!dict) return NULL;
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    int count = d3sr_model_num_captured(self->model);
+    for (int i = 0; i < count; i++) {
+        const char *name;
+        int64_t shape[4];
+        const float *data;
+        d3sr_model_captured(self->model, i, &name, shape, &data);
+        npy_intp dims[4] = {(npy_intp)shape[0], (npy_intp)shape[1], (npy_intp)shape[2], (npy_intp)shape[3]};
+        PyObject *array = PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+        if (!array || PyDict_SetItemString(dict, name, array) < 0) {
+            Py_XDECREF(array);
+            Py_DECREF(dict);
+            PyThread_release_lock(self->lock);
+            return NULL;
+        }
+        memcpy(PyArray_DATA((PyArrayObject *)array), data, (size_t)PyArray_NBYTES((PyArrayObject *)array));
+        Py_DECREF(array);
+    }
+    PyThread_release_lock(self->lock);
+    return dict;
+}
+
+static PyMethodDef model_methods[] = {
+    {"set_capture", (PyCFunction)model_set_capture, METH_O, "set_capture(on): keep each block's output of later calls."},
+    {"captured", (PyCFunction)model_captured, METH_NOARGS, "{name: array} of the last call's captured activations."},
+    {"set_weight", (PyCFunction)(void (*)(void))model_set_weight, METH_VARARGS | METH_KEYWORDS,
+     "set_weight(name, array, bfloat16=False): copy one weight in, by its state_dict name."},
+    {"weights", (PyCFunction)model_weights, METH_NOARGS, "[(name, shape, is_set)] of every expected weight."},
+    {"check_complete", (PyCFunction)model_check_complete, METH_NOARGS, "Raise ValueError naming the first missing weight."},
+    {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
+    {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
+    {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "d3sr._core.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_dealloc = (destructor)model_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A model of the C core; create it with a *_create function.",
+    .tp_methods = model_methods,
+};
+
+/* ---- configs ----------------------------------------------------------- */
+
+static int dict_int(PyObject *dict, const char *key, int *out)
+{
+    PyObject *value = PyDict_GetItemString(dict, key);
+    if (!value) {
+        PyErr_Format(PyExc_KeyError, "config lacks '%s'", key);
+        return -1;
+    }
+    long v = PyLong_AsLong(value);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "config field '%s' must be an integer", key);
+        return -1;
+    }
+    if (v < INT32_MIN || v > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "config field '%s' = %ld is out of range", key, v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int dict_int_list(PyObject *dict, const char *key, int *out, int capacity, int *count)
+{
+    PyObject *value = PyDict_GetItemString(dict, key);
+    if (!value || !PyList_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "config field '%s' must be a list of integers", key);
+        return -1;
+    }
+    Py_ssize_t len = PyList_GET_SIZE(value);
+    if (len > capacity) {
+        PyErr_Format(PyExc_ValueError, "config field '%s' has %zd entries, at most %d are supported", key, len, capacity);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        long v = PyLong_AsLong(PyList_GET_ITEM(value, i));
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "config field '%s' must be a list of integers", key);
+            return -1;
+        }
+        out[i] = (int)v;
+    }
+    *count = (int)len;
+    return 0;
+}
+
+static PyObject *py_vae_create(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"config", "parts", "device", "dtype", NULL};
+    PyObject *config;
+    int parts;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!i|ss", keywords, &PyDict_Type, &config, &parts, &device, &dtype_name))
+        return NULL;
+    d3sr_vae_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    d3sr_dtype dtype;
+    if (parse_dtype(dtype_name, &dtype) || dict_int(config, "in_channels", &cfg.in_channels) ||
+        dict_int(config, "out_channels", &cfg.out_channels) || dict_int(config, "latent_channels", &cfg.latent_channels) ||
+        dict_int_list(config, "block_out_channels", cfg.block_out_channels, D3SR_MAX_LEVELS, &cfg.num_levels) ||
+        dict_int(config, "layers_per_block", &cfg.layers_per_block) ||
+        dict_int(config, "norm_num_groups", &cfg.norm_num_groups) ||
+        dict_int(config, "use_quant_conv", &cfg.use_quant_conv) ||
+        dict_int(config, "use_post_quant_conv", &cfg.use_post_quant_conv) ||
+        dict_int(config, "mid_block_add_attention", &cfg.mid_block_add_attention))
+        return NULL;
+    d3sr_model *model;
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_vae_create(&cfg, parts, device, dtype, &model);
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) return raise_status(status);
+    return wrap_model(model);
+}
+
+/* ---- single ops (tests) ------------------------------------------------ */
+
+/* Parses device and dtype keywords shared by the single-op functions. */
+static int device_args(const char *device, const char *dtype_name, d3sr_dtype *dtype)
+{
+    (void)device;
+    return parse_dtype(dtype_name, dtype);
+}
+
+static PyObject *new_float32(int ndim, const npy_intp *dims)
+{
+    return PyArray_SimpleNew(ndim, (npy_intp *)dims, NPY_FLOAT32);
+}
+
+static PyObject *py_conv2d(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"x", "weight", "bias", "stride", "padding", "residual", "device", "dtype", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *ro = Py_None;
+    int stride = 1, pad[4] = {0, 0, 0, 0};
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Oi(iiii)Oss", keywords, &xo, &wo, &bo, &stride, &pad[0], &pad[1],
+                                     &pad[2], &pad[3], &ro, &device, &dtype_name))
+        return NULL;
+    d3sr_dtype dtype;
+    if (device_args(device, dtype_name, &dtype)) return NULL;
+    PyArrayObject *x = float32_array(xo, "x", 4), *w = x ? float32_array(wo, "weight", 4) : NULL;
+    PyArrayObject *b = w && bo != Py_None ? float32_array(bo, "bias", 1) : NULL;
+    PyArrayObject *r = w && ro != Py_None ? float32_array(ro, "residual", 4) : NULL;
+    PyObject *y = NULL;
+    if (!w || (bo != Py_None && !b) || (ro != Py_None && !r)) goto done;
+    npy_intp n = PyArray_DIM(x, 0), h = PyArray_DIM(x, 1), wd = PyArray_DIM(x, 2), cin = PyArray_DIM(x, 3);
+    npy_intp cout = PyArray_DIM(w, 0), k = PyArray_DIM(w, 2);
+    if (PyArray_DIM(w, 1) != cin || PyArray_DIM(w, 3) != k || (b && PyArray_DIM(b, 0) != cout) || stride < 1) {
+        PyErr_SetString(PyExc_ValueError, "conv2d: weight must be [cout, cin, k, k], bias [cout], stride >= 1");
+        goto done;
+    }
+    npy_intp ho = (h + pad[0] + pad[1] - k) / stride + 1, wo_ = (wd + pad[2] + pad[3] - k) / stride + 1;
+    if (h + pad[0] + pad[1] < k || wd + pad[2] + pad[3] < k) {
+        PyErr_SetString(PyExc_ValueError, "conv2d: the padded input is smaller than the kernel");
+        goto done;
+    }
+    npy_intp dims[4] = {n, ho, wo_, cout};
+    if (r && (PyArray_DIM(r, 0) != n || PyArray_DIM(r, 1) != ho || PyArray_DIM(r, 2) != wo_ || PyArray_DIM(r, 3) != cout)) {
+        PyErr_SetString(PyExc_ValueError, "conv2d: residual must have the output's shape");
+        goto done;
+    }
+    y = new_float32(4, dims);
+    if (!y) goto done;
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_single_conv2d(device, dtype, PyArray_DATA(x), (int)n, (int)h, (int)wd, (int)cin, PyArray_DATA(w),
+                                b ? PyArray_DATA(b) : NULL, (int)cout, (int)k, (int)k, stride, pad,
+                                r ? PyArray_DATA(r) : NULL, PyArray_DATA((PyArrayObject *)y));
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+    }
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(r);
+    return y;
+}
+
+static PyObject *py_linear(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"x", "weight", "bias", "device", "dtype", NULL};
+    PyObject *xo, *wo, *bo = Py_None;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Oss", keywords, &xo, &wo, &bo, &device, &dtype_name)) return NULL;
+    d3sr_dtype dtype;
+    if (device_args(device, dtype_name, &dtype)) return NULL;
+    PyArrayObject *x = float32_array(xo, "x", 2), *w = x ? float32_array(wo, "weight", 2) : NULL;
+    PyArrayObject *b = w && bo != Py_None ? float32_array(bo, "bias", 1) : NULL;
+    PyObject *y = NULL;
+    if (!w || (bo != Py_None && !b)) goto done;
+    npy_intp rows = PyArray_DIM(x, 0), in = PyArray_DIM(x, 1), out = PyArray_DIM(w, 0);
+    if (PyArray_DIM(w, 1) != in || (b && PyArray_DIM(b, 0) != out)) {
+        PyErr_SetString(PyExc_ValueError, "linear: weight must be [out, in] and bias [out]");
+        goto done;
+    }
+    npy_intp dims[2] = {rows, out};
+    y = new_float32(2, dims);
+    if (!y) goto done;
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_single_linear(device, dtype, PyArray_DATA(x), (int)rows, (int)in, PyArray_DATA(w),
+                                b ? PyArray_DATA(b) : NULL, (int)out, PyArray_DATA((PyArrayObject *)y));
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+    }
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    return y;
+}
+
+static PyObject *py_group_norm(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"x", "groups", "gamma", "beta", "eps", "silu", "device", "dtype", NULL};
+    PyObject *xo, *go, *bo;
+    int groups, silu = 0;
+    float eps;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiOOf|pss", keywords, &xo, &groups, &go, &bo, &eps, &silu, &device,
+                                     &dtype_name))
+        return NULL;
+    d3sr_dtype dtype;
+    if (device_args(device, dtype_name, &dtype)) return NULL;
+    PyArrayObject *x = float32_array(xo, "x", 4), *g = x ? float32_array(go, "gamma", 1) : NULL;
+    PyArrayObject *b = g ? float32_array(bo, "beta", 1) : NULL;
+    PyObject *y = NULL;
+    if (!b) goto done;
+    npy_intp c = PyArray_DIM(x, 3);
+    if (PyArray_DIM(g, 0) != c || PyArray_DIM(b, 0) != c) {
+        PyErr_SetString(PyExc_ValueError, "group_norm: gamma and beta must have one value per channel");
+        goto done;
+    }
+    y = new_float32(4, PyArray_DIMS(x));
+    if (!y) goto done;
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_single_group_norm(device, dtype, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
+                                    (int)PyArray_DIM(x, 2), (int)c, groups, PyArray_DATA(g), PyArray_DATA(b), eps, silu,
+                                    PyArray_DATA((PyArrayObject *)y));
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+    }
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(g);
+    Py_XDECREF(b);
+    return y;
+}
+
+static PyObject *py_attention(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"q", "k", "v", "heads", "device", "dtype", NULL};
+    PyObject *qo, *ko, *vo;
+    int heads;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi|ss", keywords, &qo, &ko, &vo, &heads, &device, &dtype_name))
+        return NULL;
+    d3sr_dtype dtype;
+    if (device_args(device, dtype_name, &dtype)) return NULL;
+    PyArrayObject *q = float32_array(qo, "q", 3), *k = q ? float32_array(ko, "k", 3) : NULL;
+    PyArrayObject *v = k ? float32_array(vo, "v", 3) : NULL;
+    PyObject *y = NULL;
+    if (!v) goto done;
+    y = new_float32(3, PyArray_DIMS(q));
+    if (!y) goto done;
+    if (PyArray_DIM(k, 0) != PyArray_DIM(q, 0) || PyArray_DIM(v, 0) != PyArray_DIM(q, 0) ||
+        PyArray_DIM(k, 2) != PyArray_DIM(q, 2) || PyArray_DIM(v, 2) != PyArray_DIM(q, 2) ||
+        PyArray_DIM(v, 1) != PyArray_DIM(k, 1)) {
+        PyErr_SetString(PyExc_ValueError, "attention: q [n, Lq, c], k and v [n, Lk, c] must agree");
+        Py_CLEAR(y);
+        goto done;
+    }
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_single_attention(device, dtype, PyArray_DATA(q), PyArray_DATA(k), PyArray_DATA(v),
+                                       (int)PyArray_DIM(q, 0), (int)PyArray_DIM(q, 1), (int)PyArray_DIM(k, 1),
+                                       (int)PyArray_DIM(q, 2), heads, PyArray_DATA((PyArrayObject *)y));
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+    }
+done:
+    Py_XDECREF(q);
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    return y;
+}
+
+static PyObject *py_upsample_nearest2x(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"x", "device", "dtype", NULL};
+    PyObject *xo;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|ss", keywords, &xo, &device, &dtype_name)) return NULL;
+    d3sr_dtype dtype;
+    if (device_args(device, dtype_name, &dtype)) return NULL;
+    PyArrayObject *x = float32_array(xo, "x", 4);
+    if (!x) return NULL;
+    npy_intp dims[4] = {PyArray_DIM(x, 0), 2 * PyArray_DIM(x, 1), 2 * PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
+    PyObject *y = new_float32(4, dims);
+    if (y) {
+        d3sr_status status;
+        Py_BEGIN_ALLOW_THREADS
+        status = d3sr_single_upsample_nearest2x(device, dtype, PyArray_DATA(x), (int)dims[0], (int)PyArray_DIM(x, 1),
+                                                (int)PyArray_DIM(x, 2), (int)dims[3], PyArray_DATA((PyArrayObject *)y));
+        Py_END_ALLOW_THREADS
+        if (status != D3SR_OK) {
+            Py_CLEAR(y);
+            raise_status(status);
+        }
+    }
+    Py_DECREF(x);
+    return y;
+}
+
+/* ---- module ------------------------------------------------------------ */
+
+static PyObject *py_set_num_threads(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) return PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all cores), not %ld", n);
+    d3sr_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromLong(d3sr_get_num_threads());
+}
+
+static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    const char *why;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = d3sr_device_cuda_available(&why);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(Os)", ok ? Py_True : Py_False, why);
+}
+
+static PyMethodDef module_methods[] = {
+    {"vae_create", (PyCFunction)(void (*)(void))py_vae_create, METH_VARARGS | METH_KEYWORDS,
+     "vae_create(config: dict, parts: int, device='cpu', dtype='fp32') -> Model"},
+    {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
+     "conv2d(x [n,h,w,cin], weight [cout,cin,k,k], bias=None, stride=1, padding=(t,b,l,r), residual=None)"},
+    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS, "linear(x [rows,in], weight [out,in], bias=None)"},
+    {"group_norm", (PyCFunction)(void (*)(void))py_group_norm, METH_VARARGS | METH_KEYWORDS,
+     "group_norm(x [n,h,w,c], groups, gamma, beta, eps, silu=False)"},
+    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
+     "attention(q [n,Lq,c], k [n,Lk,c], v [n,Lk,c], heads)"},
+    {"upsample_nearest2x", (PyCFunction)(void (*)(void))py_upsample_nearest2x, METH_VARARGS | METH_KEYWORDS,
+     "upsample_nearest2x(x [n,h,w,c])"},
+    {"set_num_threads", py_set_num_threads, METH_O, "Threads of the CPU kernels (0: all cores)."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads of the CPU kernels."},
+    {"cuda_status", py_cuda_status, METH_NOARGS, "(available, why not)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "d3sr._core", "The C core of d3sr; use the d3sr package instead.", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    if (PyType_Ready(&ModelType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m) return NULL;
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
+        PyModule_AddIntConstant(m, "VAE_ENCODER", D3SR_VAE_ENCODER) < 0 ||
+        PyModule_AddIntConstant(m, "VAE_DECODER", D3SR_VAE_DECODER) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

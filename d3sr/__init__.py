@@ -1,0 +1,35 @@
+"""d3sr: D3SR one-step diffusion super-resolution, computed in C (and CUDA),
+called from Python on NumPy arrays.
+
+    import d3sr
+    vae = d3sr.VAE.load("stable-diffusion-2-1-base/vae")
+    mean = vae.encode(images)          # [N, 3, H, W] float32 in [-1, 1]
+    images = vae.decode(mean)
+"""
+from ._native import _core
+from .vae import VAE
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the CPU kernels, process-wide (0: all cores)."""
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use."""
+    return _core.get_num_threads()
+
+
+def cuda_available() -> bool:
+    """Whether device='cuda' can run here (see `cuda_status` for why not)."""
+    return _core.cuda_status()[0]
+
+
+def cuda_status() -> str:
+    """'' when device='cuda' can run, else the reason it cannot."""
+    return _core.cuda_status()[1]
+
+
+__all__ = ["VAE", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]

@@ -1,0 +1,28 @@
+"""Argument checks shared by the public API: each error names the argument and
+what was expected, before anything reaches the C core."""
+from __future__ import annotations
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def float32_array(value, name: str, ndim: int, layout: str) -> np.ndarray:
+    """value as it is, if it is a float32 ndarray of ndim dimensions."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of shape {layout}, not {type(value).__name__}")
+    if value.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, not {value.dtype} (shape {layout})")
+    if value.ndim != ndim:
+        raise ValueError(f"{name} must have shape {layout}, got {value.shape}")
+    return value
+
+
+def device_and_dtype(device: str, dtype: str) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    if device == "cpu" and dtype != "fp32":
+        raise ValueError(f"dtype {dtype!r} needs device='cuda'; the CPU computes in 'fp32'")

@@ -1,0 +1,62 @@
+"""Random weights and the published model configs, for tests, benchmarks and
+trying d3sr without downloading a checkpoint.
+
+Depends on NumPy alone, so the reference script (tools/make_references.py)
+can import this file in an environment without d3sr built and draw exactly
+the same weights for diffusers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Mapping, Sequence
+
+import numpy as np
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def real_config(name: str) -> dict:
+    """config.json of a published model: 'sd21-vae', 'sd21-base-unet' or 'sdxl-base-unet'."""
+    path = os.path.join(CONFIG_DIR, f"{name}.json")
+    if not os.path.isfile(path):
+        known = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+        raise ValueError(f"unknown config {name!r}; known: {known}")
+    with open(path, "r", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def random_weights(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> Dict[str, np.ndarray]:
+    """Seeded float32 weights for {name: shape}, drawn in sorted-name order.
+
+    Matrices and kernels ~ N(0, 1/fan_in) (activations keep their scale through
+    deep stacks); biases ~ N(0, 0.01); 1-D weights (norm scales) ~ 1 + N(0, 0.01).
+    The same names and shapes give the same arrays in any process.
+    """
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name in sorted(shapes):
+        shape = tuple(int(s) for s in shapes[name])
+        draw = rng.standard_normal(shape, dtype=np.float32)
+        if len(shape) >= 2:
+            weights[name] = draw * np.float32(1.0 / np.sqrt(np.prod(shape[1:])))
+        elif name.endswith("bias"):
+            weights[name] = draw * np.float32(0.1)
+        else:
+            weights[name] = np.float32(1.0) + draw * np.float32(0.1)
+    return weights
+
+
+def random_images(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Smooth float32 test images in [-1, 1] of shape [N, C, H, W] (random
+    low-frequency patterns plus a little noise, closer to photographs than
+    white noise)."""
+    n, c, h, w = (int(s) for s in shape)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    images = np.zeros((n, c, h, w), np.float64)
+    for _ in range(4):
+        fy, fx, phase = rng.uniform(0.5, 4.0), rng.uniform(0.5, 4.0), rng.uniform(0, 2 * np.pi, size=(n, c, 1, 1))
+        images += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase) / 4
+    images += 0.1 * rng.standard_normal((n, c, h, w))
+    return np.clip(images, -1, 1).astype(np.float32)

@@ -1,0 +1,161 @@
+"""The Stable Diffusion VAE (diffusers' AutoencoderKL), computed by the C core."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _checks
+from ._native import _core
+from .weights import find_weight_file, load_arrays, load_into, read_json
+
+# Older diffusers checkpoints name the mid-block attention's projections thus.
+_LEGACY_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+_PARTS = {"encoder": _core.VAE_ENCODER, "decoder": _core.VAE_DECODER}
+
+
+def vae_config(raw: dict) -> dict:
+    """The fields the core needs from a diffusers AutoencoderKL config.json.
+
+    Every architecture value is read from the config; a value d3sr cannot run
+    is a ValueError naming the field.
+    """
+    name = raw.get("_class_name", "AutoencoderKL")
+    if name != "AutoencoderKL":
+        raise ValueError(f"_class_name is {name!r}; d3sr.VAE reads AutoencoderKL configs")
+    boc = raw.get("block_out_channels", [64])
+    if not isinstance(boc, list) or not boc or not all(isinstance(c, int) for c in boc):
+        raise ValueError(f"block_out_channels must be a non-empty list of integers, not {boc!r}")
+    levels = len(boc)
+    for field, allowed in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        types = raw.get(field, [allowed] * levels)
+        if not isinstance(types, list) or len(types) != levels or any(t != allowed for t in types):
+            raise ValueError(f"{field} = {types!r} is not supported: d3sr runs {levels} x {allowed!r}")
+    for field, allowed in (("act_fn", "silu"), ("norm_type", "group")):
+        if raw.get(field, allowed) != allowed:
+            raise ValueError(f"{field} = {raw[field]!r} is not supported: d3sr runs {allowed!r}")
+    if raw.get("latents_mean") is not None or raw.get("shift_factor") not in (None, 0, 0.0):
+        raise ValueError("latents_mean and shift_factor are not supported: d3sr runs SD-style VAEs without latent shift")
+    config = {
+        "in_channels": raw.get("in_channels", 3),
+        "out_channels": raw.get("out_channels", 3),
+        "latent_channels": raw.get("latent_channels", 4),
+        "block_out_channels": boc,
+        "layers_per_block": raw.get("layers_per_block", 1),
+        "norm_num_groups": raw.get("norm_num_groups", 32),
+        "use_quant_conv": int(bool(raw.get("use_quant_conv", True))),
+        "use_post_quant_conv": int(bool(raw.get("use_post_quant_conv", True))),
+        "mid_block_add_attention": int(bool(raw.get("mid_block_add_attention", True))),
+    }
+    for field in ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups"):
+        if not isinstance(config[field], int) or config[field] < 1:
+            raise ValueError(f"{field} must be a positive integer, not {config[field]!r}")
+    return config
+
+
+def _rename_legacy(name: str) -> str:
+    for old, new in _LEGACY_ATTENTION_NAMES.items():
+        if old in name and ".attentions." in name:
+            return name.replace(old, new)
+    return name
+
+
+class VAE:
+    """diffusers' AutoencoderKL on the C core.
+
+    `encode(x)` takes images [N, C, H, W] float32 in [-1, 1] and returns the
+    posterior mean [N, latent_channels, H/f, W/f] (f = 8 for SD), unscaled:
+    diffusers' `encode(x).latent_dist.mean`. `decode(z)` returns the image
+    [N, C, h*f, w*f], unclamped: diffusers' `decode(z).sample`. Multiply by
+    `scaling_factor` for the latents the UNet sees.
+    """
+
+    def __init__(self, model, config: dict, raw_config: dict, parts: Tuple[str, ...], device: str, dtype: str):
+        self._model = model
+        self.config = config
+        self.raw_config = raw_config
+        self.parts = parts
+        self.device = device
+        self.dtype = dtype
+        self.scaling_factor = float(raw_config.get("scaling_factor", 0.18215))
+        self.downscale = 2 ** (len(config["block_out_channels"]) - 1)
+
+    @classmethod
+    def from_config(
+        cls,
+        raw_config: dict,
+        *,
+        parts: Sequence[str] = ("encoder", "decoder"),
+        device: str = "cpu",
+        dtype: str = "fp32",
+    ) -> "VAE":
+        """A VAE with its weights not yet set (see `load_weights`, `weight_shapes`)."""
+        _checks.device_and_dtype(device, dtype)
+        parts = tuple(parts)
+        if not parts or any(p not in _PARTS for p in parts):
+            raise ValueError(f"parts must name 'encoder' and/or 'decoder', not {parts!r}")
+        config = vae_config(raw_config)
+        flags = sum(_PARTS[p] for p in set(parts))
+        model = _core.vae_create(config, flags, device, dtype)
+        return cls(model, config, raw_config, parts, device, dtype)
+
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        parts: Sequence[str] = ("encoder", "decoder"),
+        device: str = "cpu",
+        dtype: str = "fp32",
+        variant: Optional[str] = None,
+    ) -> "VAE":
+        """Loads a diffusers `vae/` folder: config.json and
+        diffusion_pytorch_model[.fp16].safetensors (fp32, fp16 or bf16 tensors)."""
+        raw = read_json(os.path.join(path, "config.json"))
+        weights = find_weight_file(path, variant)
+        vae = cls.from_config(raw, parts=parts, device=device, dtype=dtype)
+        skipped = tuple(f"{p}." for p in _PARTS if p not in vae.parts)
+        skipped += ("quant_conv.",) if "encoder" not in vae.parts else ()
+        skipped += ("post_quant_conv.",) if "decoder" not in vae.parts else ()
+        load_into(vae._model, weights, rename=_rename_legacy, skip=lambda name: name.startswith(skipped), what="VAE")
+        return vae
+
+    def load_weights(self, weights: Dict[str, np.ndarray]) -> None:
+        """Sets every weight from a {state_dict name: array} mapping."""
+        load_arrays(self._model, weights.items())
+
+    def weight_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """{state_dict name: shape} of every weight this VAE expects."""
+        return {name: shape for name, shape, _ in self._model.weights()}
+
+    def memory(self) -> Dict[str, int]:
+        """Bytes held by the weights and by the activation arena."""
+        return self._model.memory()
+
+    def encode(self, x: np.ndarray, *, return_intermediates: bool = False):
+        """Posterior mean of images x [N, C, H, W] float32 in [-1, 1]; H and W
+        multiples of `downscale`. With return_intermediates, also a dict of the
+        activations after conv_in, each down block and the mid block."""
+        _checks.float32_array(x, "x", 4, "[N, C, H, W]")
+        return self._call(self._model.vae_encode, x, return_intermediates)
+
+    def decode(self, z: np.ndarray, *, return_intermediates: bool = False):
+        """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
+        _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
+        return self._call(self._model.vae_decode, z, return_intermediates)
+
+    def _call(self, fn, array, return_intermediates):
+        if not return_intermediates:
+            return fn(array)
+        self._model.set_capture(True)
+        try:
+            out = fn(array)
+            return out, self._model.captured()
+        finally:
+            self._model.set_capture(False)
+
+    def __repr__(self) -> str:
+        return (f"VAE(block_out_channels={self.config['block_out_channels']}, parts={self.parts}, "
+                f"device={self.device!r}, dtype={self.dtype!r})")

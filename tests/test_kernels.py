@@ -1,0 +1,147 @@
+"""Each CPU kernel against a float64 NumPy reference, on awkward shapes."""
+import numpy as np
+import pytest
+
+from d3sr._native import _core
+from conftest import assert_close
+
+TOL = 2e-6  # float32 accumulation against float64
+
+
+def conv2d_ref(x, w, b, stride, pad):
+    """x [n, h, w, cin], w [cout, cin, k, k], pad (top, bottom, left, right) -> [n, ho, wo, cout]."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (pad[0], pad[1]), (pad[2], pad[3]), (0, 0)))
+    n, hp, wp, _ = x.shape
+    cout, _, k, _ = w.shape
+    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
+    out = np.zeros((n, ho, wo, cout))
+    for ky in range(k):
+        for kx in range(k):
+            patch = x[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride, :]
+            out += patch @ w[:, :, ky, kx].astype(np.float64).T
+    return out + (0 if b is None else b.astype(np.float64))
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+CONV_CASES = [
+    # n, h, w, cin, cout, k, stride, pad
+    (1, 7, 5, 3, 5, 3, 1, (1, 1, 1, 1)),
+    (2, 9, 11, 13, 7, 3, 2, (0, 1, 0, 1)),  # the VAE's downsample padding
+    (1, 1, 1, 6, 3, 1, 1, (0, 0, 0, 0)),     # 1x1 spatial, pointwise
+    (3, 5, 6, 10, 17, 1, 1, (0, 0, 0, 0)),
+    (1, 4, 3, 5, 4, 3, 1, (2, 0, 1, 2)),     # asymmetric padding
+    (1, 33, 40, 9, 12, 3, 1, (1, 1, 1, 1)),  # many tiles
+    (2, 6, 6, 4, 4, 5, 3, (2, 2, 2, 2)),
+    (1, 1, 1, 7, 2, 3, 1, (1, 1, 1, 1)),     # 1x1 input, 3x3 kernel
+]
+
+
+@pytest.mark.parametrize("n,h,w,cin,cout,k,stride,pad", CONV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d(n, h, w, cin, cout, k, stride, pad, bias):
+    rng = np.random.default_rng(n * 1000 + h * 10 + cin)
+    x, wt = rand(rng, n, h, w, cin), rand(rng, cout, cin, k, k)
+    b = rand(rng, cout) if bias else None
+    expected = conv2d_ref(x, wt, b, stride, pad)
+    assert_close(_core.conv2d(x, wt, b, stride, pad), expected, TOL, "conv2d")
+
+
+def test_conv2d_residual_is_added():
+    rng = np.random.default_rng(5)
+    x, wt, b = rand(rng, 2, 6, 5, 8), rand(rng, 12, 8, 3, 3), rand(rng, 12)
+    expected = conv2d_ref(x, wt, b, 1, (1, 1, 1, 1))
+    res = rand(rng, *expected.shape)
+    assert_close(_core.conv2d(x, wt, b, 1, (1, 1, 1, 1), res), expected + res, TOL, "conv2d + residual")
+
+
+def test_conv2d_many_threads_same_result():
+    rng = np.random.default_rng(6)
+    x, wt = rand(rng, 1, 64, 48, 16), rand(rng, 24, 16, 3, 3)
+    _core.set_num_threads(1)
+    one = _core.conv2d(x, wt, None, 1, (1, 1, 1, 1))
+    _core.set_num_threads(0)
+    assert_close(_core.conv2d(x, wt, None, 1, (1, 1, 1, 1)), one, 1e-6, "threads")
+
+
+def group_norm_ref(x, groups, gamma, beta, eps, silu):
+    n, h, w, c = x.shape
+    xg = x.astype(np.float64).reshape(n, h * w, groups, c // groups)
+    mean = xg.mean(axis=(1, 3), keepdims=True)
+    var = xg.var(axis=(1, 3), keepdims=True)
+    y = ((xg - mean) / np.sqrt(var + eps)).reshape(n, h, w, c) * gamma + beta
+    return y / (1 + np.exp(-y)) if silu else y
+
+
+@pytest.mark.parametrize("n,h,w,c,groups", [
+    (1, 5, 7, 12, 4), (2, 3, 3, 6, 1), (1, 4, 4, 10, 10), (1, 1, 1, 32, 8), (3, 9, 2, 15, 5), (1, 40, 30, 64, 32)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_group_norm(n, h, w, c, groups, silu):
+    rng = np.random.default_rng(c * 7 + groups)
+    x = rand(rng, n, h, w, c) * 3 + 5  # a large mean: the variance must not cancel away
+    gamma, beta = rand(rng, c), rand(rng, c)
+    out = _core.group_norm(x, groups, gamma, beta, 1e-6, silu)
+    if h * w * (c // groups) == 1:  # one value per group: the output is beta (PyTorch agrees)
+        expected = np.broadcast_to(beta, x.shape).astype(np.float64)
+        expected = expected / (1 + np.exp(-expected)) if silu else expected
+    else:
+        expected = group_norm_ref(x, groups, gamma, beta, 1e-6, silu)
+    assert_close(out, expected, TOL, "group_norm")
+
+
+def test_group_norm_rejects_bad_groups():
+    x = np.zeros((1, 2, 2, 6), np.float32)
+    with pytest.raises(ValueError, match="groups"):
+        _core.group_norm(x, 4, np.ones(6, np.float32), np.zeros(6, np.float32), 1e-6)
+
+
+def attention_ref(q, k, v, heads):
+    n, lq, width = q.shape
+    d = width // heads
+    out = np.zeros(q.shape)
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        s = q[:, :, sl].astype(np.float64) @ k[:, :, sl].astype(np.float64).transpose(0, 2, 1) / np.sqrt(d)
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        out[:, :, sl] = (s / s.sum(axis=-1, keepdims=True)) @ v[:, :, sl].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("n,lq,lk,width,heads", [
+    (1, 1, 1, 8, 1), (2, 77, 13, 24, 3), (1, 130, 130, 40, 5), (1, 65, 77, 64, 1), (3, 7, 200, 12, 2)])
+def test_attention(n, lq, lk, width, heads):
+    rng = np.random.default_rng(lq + lk)
+    q, k, v = rand(rng, n, lq, width) * 2, rand(rng, n, lk, width) * 2, rand(rng, n, lk, width)
+    assert_close(_core.attention(q, k, v, heads), attention_ref(q, k, v, heads), TOL, "attention")
+
+
+def test_attention_rejects_mismatch():
+    q = np.zeros((1, 4, 8), np.float32)
+    with pytest.raises(ValueError):
+        _core.attention(q, np.zeros((1, 4, 6), np.float32), np.zeros((1, 4, 6), np.float32), 2)
+    with pytest.raises(ValueError, match="heads"):
+        _core.attention(q, q, q, 3)
+
+
+@pytest.mark.parametrize("rows,fin,fout", [(1, 1, 1), (5, 13, 7), (300, 40, 33), (77, 1024, 320)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(rows, fin, fout, bias):
+    rng = np.random.default_rng(rows + fin)
+    x, wt = rand(rng, rows, fin), rand(rng, fout, fin)
+    b = rand(rng, fout) if bias else None
+    expected = x.astype(np.float64) @ wt.astype(np.float64).T + (0 if b is None else b)
+    assert_close(_core.linear(x, wt, b), expected, TOL, "linear")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 8, 4, 16)])
+def test_upsample_nearest2x(shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = x.repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_array_equal(_core.upsample_nearest2x(x), expected)
+
+
+def test_kernels_reject_wrong_dtype():
+    with pytest.raises(TypeError, match="float32"):
+        _core.conv2d(np.zeros((1, 3, 3, 2)), np.zeros((1, 2, 1, 1), np.float32))

@@ -1,0 +1,150 @@
+"""Regenerates the reference tensors under tests/data from diffusers and PyTorch.
+
+Needs torch and diffusers (a separate environment; CI and users never run
+this). Run it from the repository root:
+
+    python -m venv ~/d3sr-ref && ~/d3sr-ref/bin/pip install torch diffusers peft safetensors numpy
+    ~/d3sr-ref/bin/python tools/make_references.py            # everything
+    ~/d3sr-ref/bin/python tools/make_references.py --only vae
+
+Weights come from d3sr/testing.py's seeded generator (imported by path, so d3sr
+need not be built here). Small models are saved in the diffusers layout with
+their inputs, block activations and outputs; real-size configs save only the
+outputs, since the tests redraw the same weights from the seed.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")
+
+
+def load_testing():
+    spec = importlib.util.spec_from_file_location("d3sr_testing", os.path.join(ROOT, "d3sr", "testing.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+testing = load_testing()
+
+
+def set_weights(module: torch.nn.Module, seed: int, fp16: bool = False) -> dict:
+    """Draws the module's weights from the shared generator; returns them as saved."""
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    weights = testing.random_weights(shapes, seed)
+    if fp16:
+        weights = {k: v.astype(np.float16) for k, v in weights.items()}
+    module.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in weights.items()})
+    return weights
+
+
+def capture(modules: dict):
+    """Forward hooks storing each named module's output; returns (store, remove)."""
+    store, handles = {}, []
+    for name, mod in modules.items():
+        def hook(_m, _i, out, name=name):
+            store[name] = (out[0] if isinstance(out, tuple) else out).detach().float().numpy().copy()
+        handles.append(mod.register_forward_hook(hook))
+    return store, lambda: [h.remove() for h in handles]
+
+
+def save_tensors(tensors: dict, path: str) -> None:
+    """safetensors writes an array's memory as it lies: make every array contiguous
+    first (torch's chunk views, like latent_dist.mean of a batch, are not)."""
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path)
+
+
+def save_model_folder(folder: str, config: dict, weights: dict, fp16: bool) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    name = "diffusion_pytorch_model.fp16.safetensors" if fp16 else "diffusion_pytorch_model.safetensors"
+    save_tensors(weights, os.path.join(folder, name))
+
+
+# ---- VAE ------------------------------------------------------------------
+
+VAE_TINY = {
+    # name: (config, image shape, seed, weights stored as fp16)
+    "vae_a": ({"block_out_channels": [16, 40], "layers_per_block": 1, "norm_num_groups": 8,
+               "latent_channels": 4}, (1, 3, 24, 32), 1, False),
+    "vae_b": ({"block_out_channels": [8, 16, 24], "layers_per_block": 2, "norm_num_groups": 4,
+               "latent_channels": 3}, (2, 3, 32, 24), 2, True),
+}
+
+
+def vae_reference(vae, images: np.ndarray, latents: np.ndarray) -> dict:
+    from diffusers import AutoencoderKL  # noqa: F401  (vae is one)
+
+    enc, dec = vae.encoder, vae.decoder
+    modules = {"encoder.conv_in": enc.conv_in, "encoder.mid_block": enc.mid_block,
+               "decoder.conv_in": dec.conv_in, "decoder.mid_block": dec.mid_block}
+    modules.update({f"encoder.down_blocks.{i}": b for i, b in enumerate(enc.down_blocks)})
+    modules.update({f"decoder.up_blocks.{i}": b for i, b in enumerate(dec.up_blocks)})
+    store, remove = capture(modules)
+    with torch.no_grad():
+        mean = vae.encode(torch.from_numpy(images)).latent_dist.mean.numpy()
+        decoded = vae.decode(torch.from_numpy(latents)).sample.numpy()
+    remove()
+    ref = {"encode.input": images, "encode.mean": mean, "decode.input": latents, "decode.output": decoded}
+    ref.update({f"block.{k}": v for k, v in store.items()})
+    return ref
+
+
+def make_vae() -> None:
+    from diffusers import AutoencoderKL
+
+    for name, (config, image_shape, seed, fp16) in VAE_TINY.items():
+        full = dict(config, _class_name="AutoencoderKL", in_channels=3, out_channels=3,
+                    down_block_types=["DownEncoderBlock2D"] * len(config["block_out_channels"]),
+                    up_block_types=["UpDecoderBlock2D"] * len(config["block_out_channels"]))
+        vae = AutoencoderKL(**{k: v for k, v in full.items() if not k.startswith("_")}).eval()
+        weights = set_weights(vae, seed, fp16)
+        images = testing.random_images(image_shape, seed)
+        factor = 2 ** (len(config["block_out_channels"]) - 1)
+        latents = np.random.default_rng(seed).standard_normal(
+            (image_shape[0], config["latent_channels"], image_shape[2] // factor, image_shape[3] // factor)).astype(np.float32)
+        folder = os.path.join(DATA, name)
+        save_model_folder(folder, full, weights, fp16)
+        save_tensors(vae_reference(vae, images, latents), os.path.join(folder, "reference.safetensors"))
+        print(f"wrote {folder}")
+
+    # The real SD 2.1 VAE config: outputs only; the test redraws the weights.
+    config = testing.real_config("sd21-vae")
+    vae = AutoencoderKL.from_config(config).eval()
+    weights = set_weights(vae, seed=21)
+    images = testing.random_images((1, 3, 32, 40), seed=21)
+    latents = np.random.default_rng(21).standard_normal((1, 4, 4, 5)).astype(np.float32)
+    with torch.no_grad():
+        mean = vae.encode(torch.from_numpy(images)).latent_dist.mean.numpy()
+        decoded = vae.decode(torch.from_numpy(latents)).sample.numpy()
+    first = sorted(weights)[0]
+    save_tensors({"encode.input": images, "encode.mean": mean, "decode.input": latents, "decode.output": decoded,
+               "fingerprint": weights[first].reshape(-1)[:8].copy()},
+              os.path.join(DATA, "sd21_vae_reference.safetensors"))
+    print("wrote sd21_vae_reference.safetensors")
+
+
+SECTIONS = {"vae": make_vae}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="regenerate only these")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    for name in args.only or sorted(SECTIONS):
+        SECTIONS[name]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
