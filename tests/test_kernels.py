@@ -1,4 +1,7 @@
-"""Each CPU kernel against a float64 NumPy reference, on awkward shapes."""
+"""Each CPU kernel against a float64 NumPy reference, on awkward shapes.
+
+3x3 stride-1 convolutions run Winograd F(2x2, 3x3); other shapes im2col or a
+direct product; the cases below cover each path."""
 import numpy as np
 import pytest
 
@@ -36,6 +39,8 @@ CONV_CASES = [
     (1, 33, 40, 9, 12, 3, 1, (1, 1, 1, 1)),  # many tiles
     (2, 6, 6, 4, 4, 5, 3, (2, 2, 2, 2)),
     (1, 1, 1, 7, 2, 3, 1, (1, 1, 1, 1)),     # 1x1 input, 3x3 kernel
+    (2, 40, 38, 64, 72, 3, 1, (1, 1, 1, 1)),  # Winograd over several chunks of tiles
+    (1, 6, 9, 5, 3, 3, 1, (0, 0, 0, 0)),     # Winograd without padding, odd output
 ]
 
 

@@ -12,6 +12,7 @@
 
 #define QUERY_BLOCK 64
 
+CPU_VECTOR_CLONES
 static void softmax_rows(float *s, int rows, int cols, float scale)
 {
     for (int r = 0; r < rows; r++) {

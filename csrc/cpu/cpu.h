@@ -16,6 +16,15 @@
 #include <omp.h>
 #endif
 
+/* Compiles a loop-heavy function for AVX-512, AVX2+FMA and baseline x86-64,
+ * chosen at load time: elementwise work runs at the machine's vector width
+ * while the build stays portable. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CPU_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CPU_VECTOR_CLONES
+#endif
+
 /* Inside a parallel region: this thread's share [begin, end) of total items. */
 static inline void cpu_share(size_t total, size_t *begin, size_t *end)
 {
@@ -39,6 +48,12 @@ void cpu_gemm_serial(int b_trans, int M, int N, int K, const float *A, int lda, 
 
 d3sr_status cpu_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
                        const d3sr_tensor *residual, d3sr_tensor *out);
+/* 3x3 stride-1 convolutions, Winograd F(2x2, 3x3) (winograd.c); the weight is
+ * stored transformed: 16 matrices [cout, cin] from cpu_winograd_weights. */
+d3sr_status cpu_winograd_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
+                                const d3sr_tensor *residual, d3sr_tensor *out);
+void cpu_winograd_weights(const float *pytorch_weight, int cout, int cin, float *transformed);
+
 d3sr_status cpu_linear(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
                        const d3sr_tensor *residual, d3sr_tensor *out);
 d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,

@@ -45,13 +45,23 @@ d3sr_status cpu_upsample_nearest2x(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_ten
     return D3SR_OK;
 }
 
+CPU_VECTOR_CLONES
+static void add_to(float *a, const float *b, size_t count)
+{
+    for (size_t i = 0; i < count; i++) a[i] += b[i];
+}
+
 d3sr_status cpu_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b)
 {
     (void)ctx;
     const size_t count = d3sr_tensor_numel(a);
     float *ad = a->data;
     const float *bd = b->data;
-#pragma omp parallel for num_threads(d3sr_threads()) schedule(static)
-    for (size_t i = 0; i < count; i++) ad[i] += bd[i];
+#pragma omp parallel num_threads(d3sr_threads())
+    {
+        size_t i0, i1;
+        cpu_share(count, &i0, &i1);
+        add_to(ad + i0, bd + i0, i1 - i0);
+    }
     return D3SR_OK;
 }

@@ -12,10 +12,41 @@
 #include "../core/threads.h"
 #include "cpu.h"
 
-/* Per-thread per-channel sums of x (square = 0) or of (x - mean[c])^2 (square = 1),
- * reduced into total[c]. partial: threads * c doubles of scratch. */
-static void channel_sums(const float *x, size_t pixels, int c, const double *mean, int square,
-                         double *partial, double *total, int threads)
+CPU_VECTOR_CLONES
+static void add_rows(const float *x, size_t rows, int c, double *acc)
+{
+    for (size_t p = 0; p < rows; p++)
+        for (int j = 0; j < c; j++) acc[j] += x[p * c + j];
+}
+
+CPU_VECTOR_CLONES
+static void add_squared_deviations(const float *x, size_t rows, int c, const double *mean, double *acc)
+{
+    for (size_t p = 0; p < rows; p++)
+        for (int j = 0; j < c; j++) {
+            double d = (double)x[p * c + j] - mean[j];
+            acc[j] += d * d;
+        }
+}
+
+CPU_VECTOR_CLONES
+static void scale_shift_rows(const float *x, size_t rows, int c, const float *scale, const float *shift,
+                             int silu, float *y)
+{
+    for (size_t p = 0; p < rows; p++) {
+        const float *row = x + p * c;
+        float *dst = y + p * c;
+        if (silu)
+            for (int j = 0; j < c; j++) dst[j] = cpu_silu(row[j] * scale[j] + shift[j]);
+        else
+            for (int j = 0; j < c; j++) dst[j] = row[j] * scale[j] + shift[j];
+    }
+}
+
+/* Per-channel sums of x (mean == NULL) or of (x - mean[c])^2 over all pixels,
+ * each thread into its own row of partial, then reduced into total[c]. */
+static void channel_sums(const float *x, size_t pixels, int c, const double *mean, double *partial,
+                         double *total, int threads)
 {
 #pragma omp parallel num_threads(threads)
     {
@@ -27,17 +58,10 @@ static void channel_sums(const float *x, size_t pixels, int c, const double *mea
         memset(acc, 0, (size_t)c * sizeof *acc);
         size_t p0, p1;
         cpu_share(pixels, &p0, &p1);
-        for (size_t p = p0; p < p1; p++) {
-            const float *row = x + p * c;
-            if (square) {
-                for (int j = 0; j < c; j++) {
-                    double d = (double)row[j] - mean[j];
-                    acc[j] += d * d;
-                }
-            } else {
-                for (int j = 0; j < c; j++) acc[j] += row[j];
-            }
-        }
+        if (mean)
+            add_squared_deviations(x + p0 * c, p1 - p0, c, mean, acc);
+        else
+            add_rows(x + p0 * c, p1 - p0, c, acc);
     }
     memset(total, 0, (size_t)c * sizeof *total);
     for (int t = 0; t < threads; t++)
@@ -66,13 +90,13 @@ d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm 
         const float *xs = (const float *)x->data + (size_t)n * pixels * c;
         float *ys = (float *)out->data + (size_t)n * pixels * c;
 
-        channel_sums(xs, pixels, c, NULL, 0, partial, total, threads);
+        channel_sums(xs, pixels, c, NULL, partial, total, threads);
         for (int g = 0; g < groups; g++) {
             double s = 0;
             for (int j = 0; j < cg; j++) s += total[g * cg + j];
             for (int j = 0; j < cg; j++) mean[g * cg + j] = s / count;
         }
-        channel_sums(xs, pixels, c, mean, 1, partial, total, threads);
+        channel_sums(xs, pixels, c, mean, partial, total, threads);
         for (int g = 0; g < groups; g++) {
             double s = 0;
             for (int j = 0; j < cg; j++) s += total[g * cg + j];
@@ -88,15 +112,7 @@ d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm 
         {
             size_t p0, p1;
             cpu_share(pixels, &p0, &p1);
-            for (size_t p = p0; p < p1; p++) {
-                const float *row = xs + p * c;
-                float *dst = ys + p * c;
-                if (silu) {
-                    for (int j = 0; j < c; j++) dst[j] = cpu_silu(row[j] * scale[j] + shift[j]);
-                } else {
-                    for (int j = 0; j < c; j++) dst[j] = row[j] * scale[j] + shift[j];
-                }
-            }
+            scale_shift_rows(xs + p0 * c, p1 - p0, c, scale, shift, silu, ys + p0 * c);
         }
     }
     return D3SR_OK;
