@@ -140,11 +140,66 @@ def test_linear(rows, fin, fout, bias):
     assert_close(_core.linear(x, wt, b), expected, TOL, "linear")
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 8, 4, 16)])
-def test_upsample_nearest2x(shape):
+def nearest_ref(x, out_h, out_w):
+    """PyTorch's F.interpolate(mode="nearest") source indices, on [n, h, w, c]."""
+    def index(out, size):
+        if out == size:
+            return np.arange(out)
+        if out == 2 * size:
+            return np.arange(out) // 2
+        scale = np.float32(size) / np.float32(out)
+        return np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(int), size - 1)
+    return x[:, index(out_h, x.shape[1])][:, :, index(out_w, x.shape[2])]
+
+
+@pytest.mark.parametrize("shape,size", [((1, 1, 1, 1), (2, 2)), ((2, 3, 5, 7), (6, 10)), ((1, 4, 4, 16), (7, 9)),
+                                        ((1, 5, 3, 2), (5, 3)), ((1, 3, 3, 4), (8, 5))])
+def test_upsample_nearest(shape, size):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    expected = x.repeat(2, axis=1).repeat(2, axis=2)
-    np.testing.assert_array_equal(_core.upsample_nearest2x(x), expected)
+    np.testing.assert_array_equal(_core.simple_op(_core.OP_UPSAMPLE_NEAREST, x, size=size), nearest_ref(x, *size))
+
+
+@pytest.mark.parametrize("rows,c", [(1, 1), (7, 5), (77, 320), (300, 64)])
+def test_layer_norm(rows, c):
+    rng = np.random.default_rng(rows + c)
+    x = rand(rng, rows, c) * 2 + 3
+    gamma, beta = rand(rng, c), rand(rng, c)
+    xd = x.astype(np.float64)
+    expected = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    assert_close(_core.layer_norm(x, gamma, beta, 1e-5), expected, TOL, "layer_norm")
+
+
+def gelu_ref(x):
+    from math import erf
+    return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 5, 14), (1, 1, 77, 640)])
+def test_geglu(shape):
+    x = (np.random.default_rng(1).standard_normal(shape) * 3).astype(np.float32)
+    half = shape[-1] // 2
+    xd = x.astype(np.float64)
+    assert_close(_core.simple_op(_core.OP_GEGLU, x), xd[..., :half] * gelu_ref(xd[..., half:]), TOL, "geglu")
+
+
+def test_silu():
+    x = (np.random.default_rng(2).standard_normal((2, 3, 4, 5)) * 10).astype(np.float32)
+    xd = x.astype(np.float64)
+    assert_close(_core.simple_op(_core.OP_SILU, x), xd / (1 + np.exp(-xd)), TOL, "silu")
+
+
+def test_add_concat_and_channel_offset():
+    rng = np.random.default_rng(3)
+    a, b = rand(rng, 2, 3, 4, 5), rand(rng, 2, 3, 4, 5)
+    np.testing.assert_array_equal(_core.simple_op(_core.OP_ADD, a, b), a + b)
+    c = rand(rng, 2, 3, 4, 7)
+    np.testing.assert_array_equal(_core.simple_op(_core.OP_CONCAT, a, c), np.concatenate([a, c], axis=-1))
+    offset = rand(rng, 2, 1, 1, 5)
+    np.testing.assert_array_equal(_core.simple_op(_core.OP_ADD_CHANNEL_OFFSET, a, offset), a + offset)
+    with pytest.raises(ValueError, match="offset"):
+        _core.simple_op(_core.OP_ADD_CHANNEL_OFFSET, a, rand(rng, 2, 1, 1, 4))
+    with pytest.raises(ValueError, match="concat"):
+        _core.simple_op(_core.OP_CONCAT, a, rand(rng, 2, 3, 3, 5))
 
 
 def test_kernels_reject_wrong_dtype():

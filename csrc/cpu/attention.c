@@ -21,7 +21,7 @@ static void softmax_rows(float *s, int rows, int cols, float scale)
         for (int j = 1; j < cols; j++) max = row[j] > max ? row[j] : max;
         float sum = 0.0f;
         for (int j = 0; j < cols; j++) {
-            row[j] = cpu_exp((row[j] - max) * scale);
+            row[j] = cpu_expf((row[j] - max) * scale);
             sum += row[j];
         }
         float inv = 1.0f / sum;

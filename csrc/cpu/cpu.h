@@ -60,8 +60,13 @@ d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm 
                            d3sr_tensor *out);
 d3sr_status cpu_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
                           const d3sr_tensor *v, int heads, d3sr_tensor *out);
-d3sr_status cpu_upsample_nearest2x(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, d3sr_tensor *out);
+d3sr_status cpu_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+d3sr_status cpu_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+d3sr_status cpu_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
 d3sr_status cpu_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
+d3sr_status cpu_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
+d3sr_status cpu_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b, d3sr_tensor *out);
 
 /* Fills rows [row0, row1) of a [rows, cols] matrix with bias (or 0) plus residual
  * (when not NULL); the matrix product then accumulates with beta = 1. */
@@ -70,7 +75,7 @@ void cpu_init_rows(float *out, const float *bias, const float *residual, size_t 
 
 /* exp(x) to about 2 ulp, written so the compiler vectorises loops that call it.
  * Inputs are clamped to [-87, 88], where float exp is finite and normal. */
-static inline float cpu_exp(float x)
+static inline float cpu_expf(float x)
 {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
@@ -93,6 +98,19 @@ static inline float cpu_exp(float x)
     return y * scale.f;
 }
 
-static inline float cpu_silu(float x) { return x / (1.0f + cpu_exp(-x)); }
+static inline float cpu_siluf(float x) { return x / (1.0f + cpu_expf(-x)); }
+
+/* erf(x) within 2e-7 (Abramowitz & Stegun 7.1.26), vectorisable like cpu_exp. */
+static inline float cpu_erff(float x)
+{
+    float a = x < 0.0f ? -x : x;
+    float t = 1.0f / (1.0f + 0.3275911f * a);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float y = 1.0f - poly * cpu_expf(-a * a);
+    return x < 0.0f ? -y : y;
+}
+
+/* The exact GELU, x * Phi(x), as PyTorch's F.gelu(approximate="none"). */
+static inline float cpu_geluf(float x) { return 0.5f * x * (1.0f + cpu_erff(x * 0.70710678118654752f)); }
 
 #endif /* D3SR_CPU_CPU_H */

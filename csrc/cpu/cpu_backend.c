@@ -116,6 +116,11 @@ const d3sr_backend d3sr_cpu_backend = {
     .linear = cpu_linear,
     .group_norm = cpu_group_norm,
     .attention = cpu_attention,
-    .upsample_nearest2x = cpu_upsample_nearest2x,
+    .layer_norm = cpu_layer_norm,
+    .upsample_nearest = cpu_upsample_nearest,
+    .geglu = cpu_geglu,
+    .silu = cpu_silu,
     .add_inplace = cpu_add_inplace,
+    .add_channel_offset = cpu_add_channel_offset,
+    .concat_channels = cpu_concat_channels,
 };

@@ -1,4 +1,4 @@
-/* norm.c: GroupNorm (with optional fused SiLU) over channels-last tensors.
+/* norm.c: GroupNorm (with optional fused SiLU) and LayerNorm, channels-last.
  *
  * Per sample, three passes over the pixels, each split across threads:
  * per-channel sums for the group means, per-channel sums of squared
@@ -37,7 +37,7 @@ static void scale_shift_rows(const float *x, size_t rows, int c, const float *sc
         const float *row = x + p * c;
         float *dst = y + p * c;
         if (silu)
-            for (int j = 0; j < c; j++) dst[j] = cpu_silu(row[j] * scale[j] + shift[j]);
+            for (int j = 0; j < c; j++) dst[j] = cpu_siluf(row[j] * scale[j] + shift[j]);
         else
             for (int j = 0; j < c; j++) dst[j] = row[j] * scale[j] + shift[j];
     }
@@ -114,6 +114,41 @@ d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm 
             cpu_share(pixels, &p0, &p1);
             scale_shift_rows(xs + p0 * c, p1 - p0, c, scale, shift, silu, ys + p0 * c);
         }
+    }
+    return D3SR_OK;
+}
+
+/* LayerNorm of rows of c values: two passes over each row in float64. */
+CPU_VECTOR_CLONES
+static void layer_norm_rows(const float *x, size_t rows, int c, const float *gamma, const float *beta,
+                            float eps, float *y)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *row = x + r * c;
+        double s = 0, q = 0;
+        for (int j = 0; j < c; j++) s += row[j];
+        double mean = s / c;
+        for (int j = 0; j < c; j++) {
+            double d = row[j] - mean;
+            q += d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(q / c + eps)), m = (float)mean;
+        float *dst = y + r * c;
+        for (int j = 0; j < c; j++) dst[j] = (row[j] - m) * rstd * gamma[j] + beta[j];
+    }
+}
+
+d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, d3sr_tensor *out)
+{
+    (void)ctx;
+    const size_t rows = d3sr_tensor_numel(x) / (size_t)x->c;
+    const int c = x->c;
+#pragma omp parallel num_threads(d3sr_threads())
+    {
+        size_t r0, r1;
+        cpu_share(rows, &r0, &r1);
+        layer_norm_rows((const float *)x->data + r0 * c, r1 - r0, c, norm->gamma.data, norm->beta.data, norm->eps,
+                        (float *)out->data + r0 * c);
     }
     return D3SR_OK;
 }

@@ -274,7 +274,7 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
         D3SR_CHECK(run_resnets(ctx, level->resnets, level->n_resnets, &x));                        // [n, h*2^i, w*2^i, boc_(last-i)]
         if (level->has_resample) {
             d3sr_tensor up;
-            D3SR_CHECK(d3sr_upsample_nearest2x(ctx, &x, &up));                                     // [n, 2x, 2x, c]
+            D3SR_CHECK(d3sr_upsample_nearest(ctx, &x, 2 * x.h, 2 * x.w, &up));                     // [n, 2h, 2w, c]
             d3sr_tensor_release(ctx, &x);
             x = up;
             D3SR_CHECK(run_conv(ctx, &level->resample, &x));

@@ -340,11 +340,60 @@ d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tenso
     return ctx->backend->attention(ctx, q, k, v, heads, out);
 }
 
-d3sr_status d3sr_upsample_nearest2x(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+d3sr_status d3sr_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, int out_h, int out_w,
+                                  d3sr_tensor *out)
 {
-    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, 2 * x->h, 2 * x->w, x->c, out));
+    if (out_h < 1 || out_w < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "upsample: output size %d x %d is empty", out_h, out_w);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, out_h, out_w, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->upsample_nearest2x(ctx, x, out);
+    return ctx->backend->upsample_nearest(ctx, x, out);
+}
+
+d3sr_status d3sr_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
+                            d3sr_tensor *out)
+{
+    if (x->c != norm->channels)
+        return d3sr_fail(D3SR_ERR_VALUE, "layer_norm: %d channels, the layer has %d", x->c, norm->channels);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->layer_norm(ctx, x, norm, out);
+}
+
+d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+{
+    if (x->c % 2)
+        return d3sr_fail(D3SR_ERR_VALUE, "geglu: %d channels do not split into value and gate halves", x->c);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c / 2, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->geglu(ctx, x, out);
+}
+
+d3sr_status d3sr_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+{
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->silu(ctx, x, out);
+}
+
+d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset)
+{
+    if (offset->n != x->n || offset->c != x->c || offset->h != 1 || offset->w != 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "add_channel_offset: offset [%d, %d, %d, %d] for x [%d, %d, %d, %d]",
+                         offset->n, offset->h, offset->w, offset->c, x->n, x->h, x->w, x->c);
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->add_channel_offset(ctx, x, offset);
+}
+
+d3sr_status d3sr_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                 d3sr_tensor *out)
+{
+    if (a->n != b->n || a->h != b->h || a->w != b->w)
+        return d3sr_fail(D3SR_ERR_VALUE, "concat: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ in size",
+                         a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
+    D3SR_CHECK(d3sr_tensor_new(ctx, a->n, a->h, a->w, a->c + b->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->concat_channels(ctx, a, b, out);
 }
 
 d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b)

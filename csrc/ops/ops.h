@@ -139,11 +139,31 @@ d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
 d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
                            const d3sr_tensor *v, int heads, d3sr_tensor *out);
 
-/* Nearest-neighbour upsampling by 2 in h and w. */
-d3sr_status d3sr_upsample_nearest2x(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+/* Nearest-neighbour resize to out_h x out_w with PyTorch's source index,
+ * src = min(floor(dst * (in / out)), in - 1), and dst / 2 when out = 2 in. */
+d3sr_status d3sr_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, int out_h, int out_w,
+                                  d3sr_tensor *out);
+
+/* LayerNorm over the channels of each pixel or token. */
+d3sr_status d3sr_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
+                            d3sr_tensor *out);
+
+/* diffusers' GEGLU after its projection: x = [a | gate] along channels,
+ * out = a * gelu(gate) (the exact, erf-based GELU). */
+d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+
+d3sr_status d3sr_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
 
 /* a += b (same shape). */
 d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
+
+/* x[i, :, :, c] += offset[i, 0, 0, c]: a per-sample channel offset, as the
+ * time embedding is added inside a ResNet block. */
+d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
+
+/* out = [a | b] along channels (the UNet's skip connections). */
+d3sr_status d3sr_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                 d3sr_tensor *out);
 
 /* A view of the same data with another shape of equal element count. */
 d3sr_status d3sr_reshape(const d3sr_tensor *x, int n, int h, int w, int c, d3sr_tensor *out);

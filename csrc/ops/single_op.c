@@ -193,31 +193,109 @@ d3sr_status d3sr_single_attention(const char *device, d3sr_dtype dtype, const fl
     return status;
 }
 
-/* ---- upsample ---------------------------------------------------------- */
+/* ---- layer norm ------------------------------------------------------- */
 
-typedef struct {
-    const float *x;
-    int n, h, w, c;
-    float *out;
-} upsample_call;
-
-static d3sr_status upsample_forward(d3sr_ctx *ctx, void *arg)
+static d3sr_status layer_norm_forward(d3sr_ctx *ctx, void *arg)
 {
-    const upsample_call *call = arg;
+    const norm_call *call = arg;
     d3sr_tensor x, y;
-    D3SR_CHECK(d3sr_upload(ctx, call->x, call->n, call->h, call->w, call->c, &x));
-    D3SR_CHECK(d3sr_upsample_nearest2x(ctx, &x, &y));
+    D3SR_CHECK(d3sr_upload(ctx, call->x, 1, 1, call->w, call->norm->channels, &x));
+    D3SR_CHECK(d3sr_layer_norm(ctx, &x, call->norm, &y));
     return d3sr_download(ctx, &y, call->out);
 }
 
-d3sr_status d3sr_single_upsample_nearest2x(const char *device, d3sr_dtype dtype, const float *x, int n,
-                                           int h, int w, int c, float *out)
+d3sr_status d3sr_single_layer_norm(const char *device, d3sr_dtype dtype, const float *x, int rows, int c,
+                                   const float *gamma, const float *beta, float eps, float *out)
 {
+    single_env env;
+    d3sr_norm norm;
+    d3sr_status status = env_init(&env, device, dtype);
+    if (status == D3SR_OK) status = d3sr_norm_register(&env.params, &norm, "norm", c, 1, eps);
+    if (status == D3SR_OK) {
+        const float *hosts[2] = {gamma, beta};
+        status = env_load(&env, hosts);
+    }
+    if (status == D3SR_OK) {
+        norm_call call = {&norm, x, 1, 1, rows, 0, out};
+        status = d3sr_ctx_run(&env.ctx, layer_norm_forward, &call);
+    }
+    env_free(&env);
+    return status;
+}
+
+/* ---- weightless ops ---------------------------------------------------- */
+
+d3sr_status d3sr_single_shape(d3sr_single_kind kind, const int a[4], const int b[4], const int size[2],
+                              int out[4])
+{
+    for (int i = 0; i < 4; i++) {
+        out[i] = a[i];
+        if (a[i] < 1) return d3sr_fail(D3SR_ERR_VALUE, "a has an empty dimension");
+    }
+    switch (kind) {
+    case D3SR_SINGLE_SILU: return D3SR_OK;
+    case D3SR_SINGLE_GEGLU:
+        if (a[3] % 2) return d3sr_fail(D3SR_ERR_VALUE, "geglu needs an even channel count, not %d", a[3]);
+        out[3] = a[3] / 2;
+        return D3SR_OK;
+    case D3SR_SINGLE_ADD:
+        if (memcmp(a, b, 4 * sizeof *a)) return d3sr_fail(D3SR_ERR_VALUE, "add needs equal shapes");
+        return D3SR_OK;
+    case D3SR_SINGLE_ADD_CHANNEL_OFFSET:
+        if (b[0] != a[0] || b[1] != 1 || b[2] != 1 || b[3] != a[3])
+            return d3sr_fail(D3SR_ERR_VALUE, "the offset must be [n, 1, 1, c]");
+        return D3SR_OK;
+    case D3SR_SINGLE_CONCAT:
+        if (b[0] != a[0] || b[1] != a[1] || b[2] != a[2]) return d3sr_fail(D3SR_ERR_VALUE, "concat needs equal n, h, w");
+        out[3] = a[3] + b[3];
+        return D3SR_OK;
+    case D3SR_SINGLE_UPSAMPLE_NEAREST:
+        if (size[0] < 1 || size[1] < 1) return d3sr_fail(D3SR_ERR_VALUE, "the size must be positive");
+        out[1] = size[0];
+        out[2] = size[1];
+        return D3SR_OK;
+    }
+    return d3sr_fail(D3SR_ERR_VALUE, "unknown op %d", (int)kind);
+}
+
+typedef struct {
+    d3sr_single_kind kind;
+    const float *a, *b;
+    const int *a_shape, *b_shape, *size;
+    float *out;
+} simple_call;
+
+static d3sr_status simple_forward(d3sr_ctx *ctx, void *arg)
+{
+    const simple_call *call = arg;
+    const int *sa = call->a_shape, *sb = call->b_shape;
+    d3sr_tensor a, b, y;
+    D3SR_CHECK(d3sr_upload(ctx, call->a, sa[0], sa[1], sa[2], sa[3], &a));
+    if (call->b) D3SR_CHECK(d3sr_upload(ctx, call->b, sb[0], sb[1], sb[2], sb[3], &b));
+    switch (call->kind) {
+    case D3SR_SINGLE_SILU: D3SR_CHECK(d3sr_silu(ctx, &a, &y)); break;
+    case D3SR_SINGLE_GEGLU: D3SR_CHECK(d3sr_geglu(ctx, &a, &y)); break;
+    case D3SR_SINGLE_ADD: D3SR_CHECK(d3sr_add_inplace(ctx, &a, &b)); y = a; break;
+    case D3SR_SINGLE_ADD_CHANNEL_OFFSET: D3SR_CHECK(d3sr_add_channel_offset(ctx, &a, &b)); y = a; break;
+    case D3SR_SINGLE_CONCAT: D3SR_CHECK(d3sr_concat_channels(ctx, &a, &b, &y)); break;
+    case D3SR_SINGLE_UPSAMPLE_NEAREST: D3SR_CHECK(d3sr_upsample_nearest(ctx, &a, call->size[0], call->size[1], &y)); break;
+    }
+    return d3sr_download(ctx, &y, call->out);
+}
+
+d3sr_status d3sr_single_run(const char *device, d3sr_dtype dtype, d3sr_single_kind kind, const float *a,
+                            const int a_shape[4], const float *b, const int b_shape[4], const int size[2],
+                            float *out)
+{
+    int out_shape[4];
+    D3SR_CHECK(d3sr_single_shape(kind, a_shape, b_shape, size, out_shape));
+    int needs_b = kind == D3SR_SINGLE_ADD || kind == D3SR_SINGLE_ADD_CHANNEL_OFFSET || kind == D3SR_SINGLE_CONCAT;
+    if (needs_b != (b != NULL)) return d3sr_fail(D3SR_ERR_VALUE, needs_b ? "this op takes a second tensor" : "this op takes one tensor");
     single_env env;
     d3sr_status status = env_init(&env, device, dtype);
     if (status == D3SR_OK) {
-        upsample_call call = {x, n, h, w, c, out};
-        status = d3sr_ctx_run(&env.ctx, upsample_forward, &call);
+        simple_call call = {kind, a, b, a_shape, b_shape, size, out};
+        status = d3sr_ctx_run(&env.ctx, simple_forward, &call);
     }
     env_free(&env);
     return status;

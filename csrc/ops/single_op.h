@@ -27,8 +27,25 @@ D3SR_API d3sr_status d3sr_single_attention(const char *device, d3sr_dtype dtype,
                                            const float *k, const float *v, int n, int lq, int lk,
                                            int width, int heads, float *out);
 
-D3SR_API d3sr_status d3sr_single_upsample_nearest2x(const char *device, d3sr_dtype dtype,
-                                                    const float *x, int n, int h, int w, int c,
-                                                    float *out);
+D3SR_API d3sr_status d3sr_single_layer_norm(const char *device, d3sr_dtype dtype, const float *x,
+                                            int rows, int c, const float *gamma, const float *beta,
+                                            float eps, float *out);
+
+/* Ops without weights on one or two tensors a [n, h, w, c] (and b). */
+typedef enum {
+    D3SR_SINGLE_SILU,               /* silu(a) */
+    D3SR_SINGLE_GEGLU,              /* a = [value | gate] -> value * gelu(gate) */
+    D3SR_SINGLE_ADD,                /* a + b */
+    D3SR_SINGLE_ADD_CHANNEL_OFFSET, /* a + b, b [n, 1, 1, c] */
+    D3SR_SINGLE_CONCAT,             /* [a | b] along channels */
+    D3SR_SINGLE_UPSAMPLE_NEAREST,   /* a resized to size[0] x size[1] */
+} d3sr_single_kind;
+
+/* The output shape of a weightless op, or D3SR_ERR_VALUE when the shapes disagree. */
+D3SR_API d3sr_status d3sr_single_shape(d3sr_single_kind kind, const int a_shape[4],
+                                       const int b_shape[4], const int size[2], int out_shape[4]);
+D3SR_API d3sr_status d3sr_single_run(const char *device, d3sr_dtype dtype, d3sr_single_kind kind,
+                                     const float *a, const int a_shape[4], const float *b,
+                                     const int b_shape[4], const int size[2], float *out);
 
 #endif /* D3SR_OPS_SINGLE_OP_H */

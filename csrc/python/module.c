@@ -542,31 +542,84 @@ done:
     return y;
 }
 
-static PyObject *py_upsample_nearest2x(PyObject *module, PyObject *args, PyObject *kwargs)
+static PyObject *py_layer_norm(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *keywords[] = {"x", "device", "dtype", NULL};
-    PyObject *xo;
+    static char *keywords[] = {"x", "gamma", "beta", "eps", "device", "dtype", NULL};
+    PyObject *xo, *go, *bo;
+    float eps;
     const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|ss", keywords, &xo, &device, &dtype_name)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOf|ss", keywords, &xo, &go, &bo, &eps, &device, &dtype_name))
+        return NULL;
     d3sr_dtype dtype;
     if (device_args(device, dtype_name, &dtype)) return NULL;
-    PyArrayObject *x = float32_array(xo, "x", 4);
-    if (!x) return NULL;
-    npy_intp dims[4] = {PyArray_DIM(x, 0), 2 * PyArray_DIM(x, 1), 2 * PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
-    PyObject *y = new_float32(4, dims);
-    if (y) {
-        d3sr_status status;
-        Py_BEGIN_ALLOW_THREADS
-        status = d3sr_single_upsample_nearest2x(device, dtype, PyArray_DATA(x), (int)dims[0], (int)PyArray_DIM(x, 1),
-                                                (int)PyArray_DIM(x, 2), (int)dims[3], PyArray_DATA((PyArrayObject *)y));
-        Py_END_ALLOW_THREADS
-        if (status != D3SR_OK) {
-            Py_CLEAR(y);
-            raise_status(status);
-        }
+    PyArrayObject *x = float32_array(xo, "x", 2), *g = x ? float32_array(go, "gamma", 1) : NULL;
+    PyArrayObject *b = g ? float32_array(bo, "beta", 1) : NULL;
+    PyObject *y = NULL;
+    if (!b) goto done;
+    npy_intp c = PyArray_DIM(x, 1);
+    if (PyArray_DIM(g, 0) != c || PyArray_DIM(b, 0) != c) {
+        PyErr_SetString(PyExc_ValueError, "layer_norm: gamma and beta must have one value per channel");
+        goto done;
     }
-    Py_DECREF(x);
+    y = new_float32(2, PyArray_DIMS(x));
+    if (!y) goto done;
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_single_layer_norm(device, dtype, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)c, PyArray_DATA(g),
+                                    PyArray_DATA(b), eps, PyArray_DATA((PyArrayObject *)y));
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+    }
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(g);
+    Py_XDECREF(b);
+    return y;
+}
+
+/* One weightless op on [n, h, w, c] arrays: kind is a d3sr_single_kind. */
+static PyObject *py_simple_op(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"kind", "a", "b", "size", "device", "dtype", NULL};
+    int kind, size[2] = {0, 0};
+    PyObject *ao, *bo = Py_None;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO|O(ii)ss", keywords, &kind, &ao, &bo, &size[0], &size[1], &device,
+                                     &dtype_name))
+        return NULL;
+    d3sr_dtype dtype;
+    if (device_args(device, dtype_name, &dtype)) return NULL;
+    PyArrayObject *a = float32_array(ao, "a", 4), *b = a && bo != Py_None ? float32_array(bo, "b", 4) : NULL;
+    PyObject *y = NULL;
+    if (!a || (bo != Py_None && !b)) goto done;
+    int sa[4], sb[4] = {0, 0, 0, 0}, so[4];
+    for (int i = 0; i < 4; i++) {
+        sa[i] = (int)PyArray_DIM(a, i);
+        if (b) sb[i] = (int)PyArray_DIM(b, i);
+    }
+    d3sr_status status = d3sr_single_shape((d3sr_single_kind)kind, sa, sb, size, so);
+    if (status != D3SR_OK) {
+        raise_status(status);
+        goto done;
+    }
+    npy_intp dims[4] = {so[0], so[1], so[2], so[3]};
+    y = new_float32(4, dims);
+    if (!y) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_single_run(device, dtype, (d3sr_single_kind)kind, PyArray_DATA(a), sa, b ? PyArray_DATA(b) : NULL, sb,
+                             size, PyArray_DATA((PyArrayObject *)y));
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+    }
+done:
+    Py_XDECREF(a);
+    Py_XDECREF(b);
     return y;
 }
 
@@ -611,8 +664,10 @@ static PyMethodDef module_methods[] = {
      "group_norm(x [n,h,w,c], groups, gamma, beta, eps, silu=False)"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
      "attention(q [n,Lq,c], k [n,Lk,c], v [n,Lk,c], heads)"},
-    {"upsample_nearest2x", (PyCFunction)(void (*)(void))py_upsample_nearest2x, METH_VARARGS | METH_KEYWORDS,
-     "upsample_nearest2x(x [n,h,w,c])"},
+    {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
+     "layer_norm(x [rows,c], gamma, beta, eps)"},
+    {"simple_op", (PyCFunction)(void (*)(void))py_simple_op, METH_VARARGS | METH_KEYWORDS,
+     "simple_op(kind, a [n,h,w,c], b=None, size=(h, w)): a weightless op (kinds: OP_*)"},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads of the CPU kernels (0: all cores)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads of the CPU kernels."},
     {"cuda_status", py_cuda_status, METH_NOARGS, "(available, why not)"},
@@ -633,7 +688,13 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
         PyModule_AddIntConstant(m, "VAE_ENCODER", D3SR_VAE_ENCODER) < 0 ||
-        PyModule_AddIntConstant(m, "VAE_DECODER", D3SR_VAE_DECODER) < 0) {
+        PyModule_AddIntConstant(m, "VAE_DECODER", D3SR_VAE_DECODER) < 0 ||
+        PyModule_AddIntConstant(m, "OP_SILU", D3SR_SINGLE_SILU) < 0 ||
+        PyModule_AddIntConstant(m, "OP_GEGLU", D3SR_SINGLE_GEGLU) < 0 ||
+        PyModule_AddIntConstant(m, "OP_ADD", D3SR_SINGLE_ADD) < 0 ||
+        PyModule_AddIntConstant(m, "OP_ADD_CHANNEL_OFFSET", D3SR_SINGLE_ADD_CHANNEL_OFFSET) < 0 ||
+        PyModule_AddIntConstant(m, "OP_CONCAT", D3SR_SINGLE_CONCAT) < 0 ||
+        PyModule_AddIntConstant(m, "OP_UPSAMPLE_NEAREST", D3SR_SINGLE_UPSAMPLE_NEAREST) < 0) {
         Py_DECREF(m);
         return NULL;
     }
