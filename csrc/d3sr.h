@@ -131,6 +131,50 @@ D3SR_API d3sr_status d3sr_vae_output_shape(const d3sr_model *m, int encode, cons
 D3SR_API d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w,
                                      float *image);
 
+/* ---- the UNet (diffusers UNet2DConditionModel: SD 1.x/2.x, SDXL) ------- */
+
+typedef struct {
+    int in_channels, out_channels;
+    int num_levels;
+    int block_out_channels[D3SR_MAX_LEVELS];
+    int down_cross_attention[D3SR_MAX_LEVELS];  /* CrossAttnDownBlock2D (1) or DownBlock2D (0) */
+    int up_cross_attention[D3SR_MAX_LEVELS];    /* in up_blocks order */
+    int layers_per_block[D3SR_MAX_LEVELS];      /* resnets per down level; up levels get one more */
+    int transformer_layers[D3SR_MAX_LEVELS];    /* per down level; the mid block takes the last */
+    int up_transformer_layers[D3SR_MAX_LEVELS]; /* in up_blocks order */
+    int attention_heads[D3SR_MAX_LEVELS];       /* per down level; SD 2's "attention_head_dim" */
+    int cross_attention_dim;
+    int norm_num_groups;
+    float norm_eps;
+    int use_linear_projection;
+    int flip_sin_to_cos;
+    float freq_shift;
+    int time_embed_dim;          /* 4 * block_out_channels[0] in SD and SDXL */
+    int text_time;               /* addition_embed_type == "text_time" (SDXL) */
+    int addition_time_embed_dim; /* 256 in SDXL */
+    int addition_input_dim;      /* projection_class_embeddings_input_dim: 2816 in SDXL */
+    int downsample_padding;
+} d3sr_unet_config;
+
+/* trunk_only: build conv_in, the embeddings, the down blocks and the mid block
+ * only (the discriminator's trunk); the forward returns the mid block's output. */
+D3SR_API d3sr_status d3sr_unet_create(const d3sr_unet_config *cfg, int trunk_only, const char *device,
+                                      d3sr_dtype dtype, d3sr_model **out);
+
+/* Output shape for a sample [n, in_channels, h, w]: [n, out_channels, h, w], or
+ * for a trunk [n, C_last, ceil(h / 2^(L-1)), ...]. */
+D3SR_API d3sr_status d3sr_unet_output_shape(const d3sr_model *m, const int64_t in[4], int64_t out[4]);
+
+/* sample [n, in_channels, h, w]; timesteps [n]; context [n, context_len,
+ * cross_attention_dim]; for text_time, text_embeds [n, text_dim] and time_ids
+ * [n, n_time_ids] with text_dim + n_time_ids * addition_time_embed_dim =
+ * addition_input_dim (else pass NULL and 0). Matches diffusers'
+ * UNet2DConditionModel(...).sample. */
+D3SR_API d3sr_status d3sr_unet_forward(d3sr_model *m, const float *sample, int n, int h, int w,
+                                       const float *timesteps, const float *context, int context_len,
+                                       int context_dim, const float *text_embeds, int text_dim,
+                                       const float *time_ids, int n_time_ids, float *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,6 +7,8 @@ called from Python on NumPy arrays.
     images = vae.decode(mean)
 """
 from ._native import _core
+from .lora import LoRA
+from .unet import UNet
 from .vae import VAE
 
 __version__ = "0.1.0"
@@ -32,4 +34,4 @@ def cuda_status() -> str:
     return _core.cuda_status()[1]
 
 
-__all__ = ["VAE", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]
+__all__ = ["VAE", "UNet", "LoRA", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]

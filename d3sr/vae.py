@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _checks
 from ._native import _core
+from .lora import as_lora
 from .weights import find_weight_file, load_arrays, load_into, read_json
 
 # Older diffusers checkpoints name the mid-block attention's projections thus.
@@ -110,16 +111,19 @@ class VAE:
         device: str = "cpu",
         dtype: str = "fp32",
         variant: Optional[str] = None,
+        lora=None,
     ) -> "VAE":
         """Loads a diffusers `vae/` folder: config.json and
-        diffusion_pytorch_model[.fp16].safetensors (fp32, fp16 or bf16 tensors)."""
+        diffusion_pytorch_model[.fp16].safetensors (fp32, fp16 or bf16 tensors).
+        lora: a d3sr.LoRA (or its path) merged into the weights as they load."""
         raw = read_json(os.path.join(path, "config.json"))
         weights = find_weight_file(path, variant)
         vae = cls.from_config(raw, parts=parts, device=device, dtype=dtype)
         skipped = tuple(f"{p}." for p in _PARTS if p not in vae.parts)
         skipped += ("quant_conv.",) if "encoder" not in vae.parts else ()
         skipped += ("post_quant_conv.",) if "decoder" not in vae.parts else ()
-        load_into(vae._model, weights, rename=_rename_legacy, skip=lambda name: name.startswith(skipped), what="VAE")
+        load_into(vae._model, weights, rename=_rename_legacy, skip=lambda name: name.startswith(skipped),
+                  lora=as_lora(lora), what="VAE")
         return vae
 
     def load_weights(self, weights: Dict[str, np.ndarray]) -> None:

@@ -1,9 +1,10 @@
 """Reading weight files and handing them to a model of the C core, one tensor at a time.
 
-Weights are read from .safetensors files with the safetensors package (NumPy
-arrays, memory-mapped) and copied into the core by their state_dict names, so
-loading holds the model's weights plus one tensor, never two copies of a model.
-bfloat16 tensors, which NumPy cannot represent, travel as their raw 16 bits.
+Weights are read from .safetensors files (the format of the safetensors
+package, which d3sr's tools write with) into NumPy and copied into the core by
+their state_dict names, so loading holds the model's weights plus one tensor,
+never two copies of a model. bfloat16 tensors, which NumPy cannot represent,
+travel as their raw 16 bits.
 """
 from __future__ import annotations
 
@@ -47,63 +48,83 @@ def read_json(path: str) -> dict:
     return value
 
 
+# safetensors dtype names -> little-endian NumPy dtypes (bfloat16 as its raw bits).
+_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+}
+_MAX_HEADER_BYTES = 100 << 20
+
+
 class WeightFile:
     """An open .safetensors file: names, shapes and one tensor at a time.
 
-    Errors name the file: a missing file is FileNotFoundError, a truncated or
-    corrupt one ValueError.
+    Tensors are read with plain file reads, not memory-mapped: a mapped file
+    stays resident while it is open, which would double the peak memory of
+    loading a model. Errors name the file: a missing file is
+    FileNotFoundError, a truncated or corrupt one ValueError.
     """
 
     def __init__(self, path: str):
-        from safetensors import SafetensorError, safe_open
-
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weight file not found: {path}")
         self.path = path
-        self._errors = (SafetensorError, OSError)
+        self._file = open(path, "rb")
         try:
-            self._file = safe_open(path, framework="np")
-            self._keys = list(self._file.keys())
-        except self._errors as e:
-            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-        self._header = None
+            self._entries, self._data_start = self._read_header(os.fstat(self._file.fileno()).st_size)
+        except Exception:
+            self._file.close()
+            raise
+
+    def _corrupt(self, why: str) -> ValueError:
+        return ValueError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {why}")
+
+    def _read_header(self, size: int):
+        head = self._file.read(8)
+        if len(head) < 8:
+            raise self._corrupt("shorter than its 8-byte header length")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, _MAX_HEADER_BYTES):
+            raise self._corrupt(f"header length {length} does not fit a {size}-byte file")
+        try:
+            header = json.loads(self._file.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise self._corrupt(f"header is not JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise self._corrupt("header is not a JSON object")
+        data_bytes = size - 8 - length
+        entries = {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                dtype = np.dtype(_DTYPES[info["dtype"]])
+                shape = tuple(int(d) for d in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise self._corrupt(f"tensor '{key}' has a malformed or unsupported entry {info!r}") from None
+            if not 0 <= begin <= end <= data_bytes or end - begin != int(np.prod(shape)) * dtype.itemsize:
+                raise self._corrupt(f"tensor '{key}' lies outside the file or has the wrong byte count")
+            entries[key] = (dtype, shape, begin, info["dtype"] == "BF16")
+        return entries, 8 + length
 
     def keys(self) -> list:
-        return list(self._keys)
-
-    def dtype(self, key: str) -> str:
-        """The safetensors dtype name: F32, F16, BF16, ..."""
-        return self._file.get_slice(key).get_dtype()
+        return list(self._entries)
 
     def shape(self, key: str) -> Tuple[int, ...]:
-        return tuple(self._file.get_slice(key).get_shape())
+        return self._entries[key][1]
 
     def get(self, key: str) -> Tuple[np.ndarray, bool]:
-        """(array, is_bfloat16): bfloat16 tensors come as uint16 bits."""
-        try:
-            if self.dtype(key) == "BF16":
-                return self._read_bf16_bits(key), True
-            return self._file.get_tensor(key), False
-        except self._errors as e:
-            raise ValueError(f"{self.path}: cannot read tensor '{key}' (truncated or corrupt?): {e}") from None
-
-    def _read_bf16_bits(self, key: str) -> np.ndarray:
-        if self._header is None:
-            with open(self.path, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                self._header = (8 + length, json.loads(f.read(length)))
-        data_start, header = self._header
-        begin, end = header[key]["data_offsets"]
-        shape = tuple(header[key]["shape"])
-        with open(self.path, "rb") as f:
-            f.seek(data_start + begin)
-            raw = f.read(end - begin)
-        if len(raw) != end - begin:
-            raise OSError(f"tensor '{key}' is cut short")
-        return np.frombuffer(raw, dtype=np.uint16).reshape(shape)
+        """(array, is_bfloat16): bfloat16 tensors come as their uint16 bits."""
+        dtype, shape, begin, bf16 = self._entries[key]
+        array = np.empty(shape, dtype)
+        self._file.seek(self._data_start + begin)
+        if self._file.readinto(memoryview(array.reshape(-1)).cast("B")) != array.nbytes:
+            raise self._corrupt(f"tensor '{key}' is cut short")
+        return array, bf16
 
     def close(self) -> None:
-        self._file = None
+        self._file.close()
 
     def __enter__(self) -> "WeightFile":
         return self
@@ -118,23 +139,32 @@ def load_into(
     *,
     rename: Callable[[str], str] = lambda name: name,
     skip: Callable[[str], bool] = lambda name: False,
+    lora=None,
     what: str = "model",
 ) -> None:
     """Copies every tensor of a .safetensors file into a core model.
 
-    rename maps a file's key to the model's name (old checkpoint layouts);
-    skip drops keys of parts the model does not build (never read). A key
-    the model does not expect is an error naming it, as is a missing one.
+    rename maps a file's key to the model's name (old checkpoint layouts;
+    PEFT's `.base_layer` is always mapped back); skip drops keys of parts the
+    model does not build (never read); lora (a d3sr.LoRA) is merged into the
+    weights it targets as they pass. A key the model does not expect is an
+    error naming it, as is a missing one.
     """
     expected = {name: shape for name, shape, _ in model.weights()}
+    targets = set()
+    if lora is not None:
+        lora.check_targets({n: s for n, s in expected.items() if not skip(n)}, what)
+        targets = lora.targets()
     with WeightFile(path) as f:
         for key in f.keys():
-            name = rename(key)
+            name = rename(key.replace(".base_layer.", "."))
             if skip(name):
                 continue
             if name not in expected:
                 raise ValueError(f"{path}: unexpected weight '{key}': the {what} built from its config has no such parameter")
             array, bf16 = f.get(key)
+            if name in targets:
+                array, bf16 = lora.apply(name, bf16_to_float32(array) if bf16 else array), False
             try:
                 model.set_weight(name, array, bfloat16=bf16)
             except (ValueError, TypeError) as e:
@@ -151,3 +181,7 @@ def load_arrays(model, arrays: Iterable[Tuple[str, np.ndarray]]) -> None:
         model.set_weight(name, array)
     model.check_complete()
 
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) to float32 values."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)

@@ -133,7 +133,83 @@ def make_vae() -> None:
     print("wrote sd21_vae_reference.safetensors")
 
 
-SECTIONS = {"vae": make_vae}
+# ---- UNet -----------------------------------------------------------------
+
+UNET_TINY = {
+    # SD 2.x-like: linear projection, transformer depth 2, a plain level.
+    "unet_sd2": ({"block_out_channels": [24, 40], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1,
+                  "attention_head_dim": [2, 4], "transformer_layers_per_block": [2, 1], "cross_attention_dim": 24,
+                  "norm_num_groups": 8, "use_linear_projection": True},
+                 [((1, 4, 12, 10), [399.0]), ((2, 4, 9, 7), [999.0, 0.0])], 11, False),
+    # SDXL-like: text_time embedding, per-level depths, three levels.
+    "unet_sdxl": ({"block_out_channels": [16, 24, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D",
+                                                                         "CrossAttnDownBlock2D"],
+                   "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 2,
+                   "attention_head_dim": [2, 2, 4], "transformer_layers_per_block": [1, 2, 2],
+                   "cross_attention_dim": 20, "norm_num_groups": 8, "use_linear_projection": True,
+                   "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+                   "projection_class_embeddings_input_dim": 12 + 6 * 8},
+                  [((2, 4, 8, 12), [10.0, 731.0])], 12, True),
+    # SD 1.x-like: 1x1 conv projections, one head count for all levels, other sinusoid settings.
+    "unet_sd1": ({"block_out_channels": [16, 32], "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1,
+                  "attention_head_dim": 4, "cross_attention_dim": 12, "norm_num_groups": 4,
+                  "use_linear_projection": False, "flip_sin_to_cos": False, "freq_shift": 1},
+                 [((1, 4, 7, 5), [123.5])], 13, False),
+}
+CONTEXT_LEN = 7
+
+
+def unet_inputs(config: dict, shape, timesteps, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n = shape[0]
+    inputs = {"sample": rng.standard_normal(shape).astype(np.float32),
+              "timesteps": np.asarray(timesteps, np.float32),
+              "encoder_hidden_states": rng.standard_normal((n, CONTEXT_LEN, config["cross_attention_dim"])).astype(np.float32)}
+    if config.get("addition_embed_type") == "text_time":
+        text_dim = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        inputs["text_embeds"] = rng.standard_normal((n, text_dim)).astype(np.float32)
+        inputs["time_ids"] = np.tile(np.asarray([[64, 48, 0, 0, 64, 48]], np.float32), (n, 1)) + np.arange(n)[:, None]
+    return inputs
+
+
+def unet_reference(unet, inputs: dict, prefix: str) -> dict:
+    modules = {"conv_in": unet.conv_in, "mid_block": unet.mid_block}
+    modules.update({f"down_blocks.{i}": b for i, b in enumerate(unet.down_blocks)})
+    modules.update({f"up_blocks.{i}": b for i, b in enumerate(unet.up_blocks)})
+    store, remove = capture(modules)
+    kwargs = {}
+    if "text_embeds" in inputs:
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.from_numpy(inputs["text_embeds"]),
+                                       "time_ids": torch.from_numpy(inputs["time_ids"])}
+    with torch.no_grad():
+        out = unet(torch.from_numpy(inputs["sample"]), torch.from_numpy(inputs["timesteps"]),
+                   encoder_hidden_states=torch.from_numpy(inputs["encoder_hidden_states"]), **kwargs).sample.numpy()
+    remove()
+    ref = {f"{prefix}.input.{k}": v for k, v in inputs.items()}
+    ref[f"{prefix}.output"] = out
+    ref.update({f"{prefix}.block.{k}": v for k, v in store.items()})
+    return ref
+
+
+def make_unet() -> None:
+    from diffusers import UNet2DConditionModel
+
+    for name, (config, cases, seed, fp16) in UNET_TINY.items():
+        full = dict(config, _class_name="UNet2DConditionModel", in_channels=4, out_channels=4)
+        unet = UNet2DConditionModel(**{k: v for k, v in full.items() if not k.startswith("_")}).eval()
+        weights = set_weights(unet, seed, fp16)
+        folder = os.path.join(DATA, name)
+        save_model_folder(folder, full, weights, fp16)
+        ref = {}
+        for i, (shape, timesteps) in enumerate(cases):
+            ref.update(unet_reference(unet, unet_inputs(config, shape, timesteps, seed + i), f"case{i}"))
+        save_tensors(ref, os.path.join(folder, "reference.safetensors"))
+        print(f"wrote {folder}")
+
+
+SECTIONS = {"vae": make_vae, "unet": make_unet}
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ typedef enum {
     D3SR_WEIGHT_VECTOR, /* [c]: biases, norm scales */
     D3SR_WEIGHT_LINEAR, /* [out, in] */
     D3SR_WEIGHT_CONV,   /* [out, in, kh, kw] */
-    D3SR_WEIGHT_CONV_3X3_S1, /* [out, in, 3, 3] of a stride-1 conv: the CPU stores it Winograd-transformed */
 } d3sr_weight_kind;
 
 #define D3SR_NAME_BYTES 192

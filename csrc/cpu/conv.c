@@ -5,7 +5,7 @@
  * patches are gathered into a [tile, K] matrix (in channels-last one patch row
  * is kh contiguous runs of kw*cin floats) and multiplied by the weights on
  * OpenBLAS. 1x1 stride-1 convolutions multiply the input directly; 3x3 stride-1
- * ones go to winograd.c. Bias and an
+ * ones with large outputs go to winograd.c. Bias and an
  * optional residual are written first and the product accumulates onto them,
  * which fuses the ResNet skip-add into the convolution.
  */
@@ -75,7 +75,11 @@ static void im2col(const float *x, int h, int w, int cin, const d3sr_conv *cv, i
 d3sr_status cpu_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *cv,
                        const d3sr_tensor *residual, d3sr_tensor *out)
 {
-    if (d3sr_conv_is_3x3_s1(cv)) return cpu_winograd_conv2d(ctx, x, cv, residual, out);
+    /* Small outputs stay on im2col: there the work is reading the weights, and
+     * Winograd's transformed weights are 16/9 as many. */
+    size_t blocks = (size_t)out->n * ((out->h + 1) / 2) * ((out->w + 1) / 2);
+    if (cv->kh == 3 && cv->kw == 3 && cv->stride == 1 && blocks >= CPU_WINOGRAD_MIN_TILES)
+        return cpu_winograd_conv2d(ctx, x, cv, residual, out);
     const float *xd = x->data;
     const float *wd = cv->weight.data;
     const float *bias = cv->bias.data;

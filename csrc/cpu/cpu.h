@@ -48,11 +48,11 @@ void cpu_gemm_serial(int b_trans, int M, int N, int K, const float *A, int lda, 
 
 d3sr_status cpu_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
                        const d3sr_tensor *residual, d3sr_tensor *out);
-/* 3x3 stride-1 convolutions, Winograd F(2x2, 3x3) (winograd.c); the weight is
- * stored transformed: 16 matrices [cout, cin] from cpu_winograd_weights. */
+/* 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) (winograd.c); worth it
+ * when the output has at least CPU_WINOGRAD_MIN_TILES blocks of 2x2 pixels. */
+#define CPU_WINOGRAD_MIN_TILES 256
 d3sr_status cpu_winograd_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
                                 const d3sr_tensor *residual, d3sr_tensor *out);
-void cpu_winograd_weights(const float *pytorch_weight, int cout, int cin, float *transformed);
 
 d3sr_status cpu_linear(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
                        const d3sr_tensor *residual, d3sr_tensor *out);

@@ -1,10 +1,10 @@
 /* cpu_backend.c: the CPU backend's table, memory and layout conversions.
  *
  * Weights: convolutions are stored [cout, kh, kw, cin] so a gathered
- * channels-last patch row multiplies a weight row directly, except 3x3
- * stride-1 ones, stored Winograd-transformed as 16 matrices [cout, cin];
- * linear weights keep PyTorch's [out, in]. Memory is 64-byte aligned for
- * vector loads.
+ * channels-last patch row multiplies a weight row directly (winograd.c
+ * transforms them per call: storing the transformed form would take 16/9 of
+ * the memory); linear weights keep PyTorch's [out, in]. Memory is 64-byte
+ * aligned for vector loads.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -31,15 +31,6 @@ static void cpu_free(d3sr_ctx *ctx, void *p)
 static d3sr_status cpu_upload_weight(d3sr_ctx *ctx, d3sr_weight_kind kind, const float *host,
                                      d3sr_tensor *dst)
 {
-    if (kind == D3SR_WEIGHT_CONV_3X3_S1) {
-        const int cout = dst->n, cin = dst->c;
-        dst->n = 16; /* [16, 1, cout, cin] */
-        dst->h = 1;
-        dst->w = cout;
-        D3SR_CHECK(cpu_alloc(ctx, d3sr_tensor_bytes(dst), &dst->data));
-        cpu_winograd_weights(host, cout, cin, dst->data);
-        return D3SR_OK;
-    }
     size_t count = d3sr_tensor_numel(dst);
     float *data = NULL;
     D3SR_CHECK(cpu_alloc(ctx, count * sizeof *data, (void **)&data));

@@ -9,8 +9,10 @@
  * transforms use only additions and halves, so results stay within float32
  * rounding of a direct convolution (Lavin & Gray, 2016).
  *
- * Weights are transformed once at load: U = G g G^T, stored [16][cout][cin].
- * Output blocks are processed in chunks of tiles per thread: gather and
+ * Weights are transformed at each call (U = G g G^T, [16][cout][cin], into the
+ * workspace): storing them would take 16/9 of the memory, and the transform
+ * costs about what one or two tiles save. Output blocks are processed in
+ * chunks of tiles per thread: gather and
  * transform the inputs into V [16][tiles][cin], multiply into
  * M [16][tiles][cout], transform back and add bias and residual.
  */
@@ -19,23 +21,33 @@
 #include "../core/threads.h"
 #include "cpu.h"
 
-void cpu_winograd_weights(const float *g, int cout, int cin, float *u)
+/* U = G g G^T for output channel o: g is [3][3][cin] (the stored layout),
+ * U [16][cout][cin]; G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+ * Vectorised over input channels. */
+CPU_VECTOR_CLONES
+static void weight_transform(const float *g, int cin, float *u, size_t xi_stride)
 {
-    /* G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] */
-    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-    const size_t plane = (size_t)cout * cin;
-    for (int o = 0; o < cout; o++)
-        for (int i = 0; i < cin; i++) {
-            const float *k = g + ((size_t)o * cin + i) * 9;
-            double gk[4][3]; /* G k */
-            for (int r = 0; r < 4; r++)
-                for (int c = 0; c < 3; c++) gk[r][c] = G[r][0] * k[c] + G[r][1] * k[3 + c] + G[r][2] * k[6 + c];
-            for (int r = 0; r < 4; r++)
-                for (int c = 0; c < 4; c++) {
-                    double v = gk[r][0] * G[c][0] + gk[r][1] * G[c][1] + gk[r][2] * G[c][2];
-                    u[(size_t)(r * 4 + c) * plane + (size_t)o * cin + i] = (float)v;
-                }
+    const float *g00 = g, *g01 = g + cin, *g02 = g + 2 * cin;
+    const float *g10 = g + 3 * cin, *g11 = g + 4 * cin, *g12 = g + 5 * cin;
+    const float *g20 = g + 6 * cin, *g21 = g + 7 * cin, *g22 = g + 8 * cin;
+#pragma omp simd
+    for (int i = 0; i < cin; i++) {
+        /* rows of G g: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 */
+        float r[4][3];
+        float a0 = g00[i], a1 = g01[i], a2 = g02[i];
+        float b0 = g10[i], b1 = g11[i], b2 = g12[i];
+        float c0 = g20[i], c1 = g21[i], c2 = g22[i];
+        r[0][0] = a0; r[0][1] = a1; r[0][2] = a2;
+        r[1][0] = 0.5f * (a0 + b0 + c0); r[1][1] = 0.5f * (a1 + b1 + c1); r[1][2] = 0.5f * (a2 + b2 + c2);
+        r[2][0] = 0.5f * (a0 - b0 + c0); r[2][1] = 0.5f * (a1 - b1 + c1); r[2][2] = 0.5f * (a2 - b2 + c2);
+        r[3][0] = c0; r[3][1] = c1; r[3][2] = c2;
+        for (int k = 0; k < 4; k++) { /* times G^T: the same combination along each row */
+            u[(size_t)(4 * k + 0) * xi_stride + i] = r[k][0];
+            u[(size_t)(4 * k + 1) * xi_stride + i] = 0.5f * (r[k][0] + r[k][1] + r[k][2]);
+            u[(size_t)(4 * k + 2) * xi_stride + i] = 0.5f * (r[k][0] - r[k][1] + r[k][2]);
+            u[(size_t)(4 * k + 3) * xi_stride + i] = r[k][2];
         }
+    }
 }
 
 /* V = B^T d B for one tile, every channel: d[k] points at the cin values of
@@ -175,7 +187,7 @@ d3sr_status cpu_winograd_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_
                                 const d3sr_tensor *residual, d3sr_tensor *out)
 {
     wino_problem pb = {
-        .x = x->data, .u = cv->weight.data, .bias = cv->bias.data, .res = residual ? residual->data : NULL,
+        .x = x->data, .bias = cv->bias.data, .res = residual ? residual->data : NULL,
         .out = out->data, .h = x->h, .w = x->w, .cin = cv->cin, .cout = cv->cout, .ho = out->h, .wo = out->w,
         .pad_top = cv->pad_top, .pad_left = cv->pad_left,
         .tiles_h = (size_t)(out->h + 1) / 2, .tiles_w = (size_t)(out->w + 1) / 2,
@@ -187,17 +199,23 @@ d3sr_status cpu_winograd_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_
     const size_t chunks = (total + chunk - 1) / chunk;
     const int widest = pb.cin > pb.cout ? pb.cin : pb.cout;
     const size_t per_thread = 16 * chunk * (size_t)(pb.cin + pb.cout) + (size_t)widest + (size_t)pb.cout;
+    const size_t weights = 16 * (size_t)pb.cout * pb.cin;
+    const int sequential = chunks < (size_t)threads; /* then the products use all threads */
 
-    if (chunks < (size_t)threads) {
-        /* Small outputs (latents): chunks one after another, products on all threads. */
-        float *scratch;
-        D3SR_CHECK(d3sr_workspace(ctx, per_thread * sizeof(float), (void **)&scratch));
+    float *u, *scratch;
+    D3SR_CHECK(d3sr_workspace(ctx, (weights + (sequential ? 1 : (size_t)threads) * per_thread) * sizeof(float), (void **)&u));
+    scratch = u + weights;
+    const float *g = cv->weight.data; /* [cout][3][3][cin] */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int o = 0; o < pb.cout; o++)
+        weight_transform(g + (size_t)o * 9 * pb.cin, pb.cin, u + (size_t)o * pb.cin, (size_t)pb.cout * pb.cin);
+    pb.u = u;
+
+    if (sequential) {
         for (size_t t0 = 0; t0 < total; t0 += chunk)
             run_chunk(&pb, t0, t0 + chunk < total ? t0 + chunk : total, chunk, scratch, 1);
         return D3SR_OK;
     }
-    float *scratch;
-    D3SR_CHECK(d3sr_workspace(ctx, (size_t)threads * per_thread * sizeof(float), (void **)&scratch));
 #pragma omp parallel num_threads(threads)
     {
 #ifdef _OPENMP

@@ -6,13 +6,18 @@
 #include "../core/status.h"
 
 d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, const char *prefix,
-                                 int cin, int cout, int groups, float eps)
+                                 int cin, int cout, int temb_channels, int groups, float eps)
 {
     char name[D3SR_NAME_BYTES];
     snprintf(name, sizeof name, "%s.norm1", prefix);
     D3SR_CHECK(d3sr_norm_register(params, &block->norm1, name, cin, groups, eps));
     snprintf(name, sizeof name, "%s.conv1", prefix);
     D3SR_CHECK(d3sr_conv_register(params, &block->conv1, name, cin, cout, 3, 1, 1, 1));
+    block->has_time = temb_channels > 0;
+    if (block->has_time) {
+        snprintf(name, sizeof name, "%s.time_emb_proj", prefix);
+        D3SR_CHECK(d3sr_linear_register(params, &block->time_emb_proj, name, temb_channels, cout, 1));
+    }
     snprintf(name, sizeof name, "%s.norm2", prefix);
     D3SR_CHECK(d3sr_norm_register(params, &block->norm2, name, cout, groups, eps));
     snprintf(name, sizeof name, "%s.conv2", prefix);
@@ -26,12 +31,19 @@ d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, const 
 }
 
 d3sr_status d3sr_resnet_forward(d3sr_ctx *ctx, const d3sr_resnet *block, const d3sr_tensor *x,
-                                d3sr_tensor *out)
+                                const d3sr_tensor *temb_silu, d3sr_tensor *out)
 {
     d3sr_tensor h, h1, skip;
     D3SR_CHECK(d3sr_group_norm(ctx, x, &block->norm1, 1, &h));              // [n, h, w, cin]
     D3SR_CHECK(d3sr_conv2d(ctx, &h, &block->conv1, NULL, &h1));             // [n, h, w, cout]
     d3sr_tensor_release(ctx, &h);
+    if (block->has_time) {
+        if (!temb_silu) return d3sr_fail(D3SR_ERR_VALUE, "internal error: a time-conditioned ResNet got no embedding");
+        d3sr_tensor offset;
+        D3SR_CHECK(d3sr_linear_apply(ctx, temb_silu, &block->time_emb_proj, NULL, &offset)); // [n, 1, 1, cout]
+        D3SR_CHECK(d3sr_add_channel_offset(ctx, &h1, &offset));
+        d3sr_tensor_release(ctx, &offset);
+    }
     D3SR_CHECK(d3sr_group_norm(ctx, &h1, &block->norm2, 1, &h));            // [n, h, w, cout]
     d3sr_tensor_release(ctx, &h1);
     if (block->has_shortcut) {

@@ -7,20 +7,23 @@
 #include "../ops/ops.h"
 
 /* diffusers ResnetBlock2D with the "default" time-embedding mode:
- * out = x' + conv2(silu(norm2(conv1(silu(norm1(x)))))), x' = conv_shortcut(x)
- * when the channel count changes, else x. (The VAE's blocks have no time
- * embedding; the UNet's add time_emb_proj(silu(temb)) after conv1.) */
+ * out = x' + conv2(silu(norm2(conv1(silu(norm1(x))) + time_emb_proj(silu(temb))))),
+ * x' = conv_shortcut(x) when the channel count changes, else x. The VAE's
+ * blocks have no time embedding (temb_channels = 0). */
 typedef struct {
     d3sr_norm norm1, norm2;
     d3sr_conv conv1, conv2;
     d3sr_conv conv_shortcut;
-    int has_shortcut;
+    d3sr_linear time_emb_proj;
+    int has_shortcut, has_time;
 } d3sr_resnet;
 
 d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, const char *prefix,
-                                 int cin, int cout, int groups, float eps);
+                                 int cin, int cout, int temb_channels, int groups, float eps);
+
+/* temb_silu: silu(temb) [n, 1, 1, temb_channels], or NULL without a time embedding. */
 d3sr_status d3sr_resnet_forward(d3sr_ctx *ctx, const d3sr_resnet *block, const d3sr_tensor *x,
-                                d3sr_tensor *out);
+                                const d3sr_tensor *temb_silu, d3sr_tensor *out);
 
 /* diffusers Attention as the VAE mid block uses it: GroupNorm, one head over
  * all pixels, to_out, plus the input (residual_connection=True). */

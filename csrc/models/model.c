@@ -11,6 +11,7 @@ static const char *kind_name(d3sr_model_kind kind)
 {
     switch (kind) {
     case D3SR_MODEL_VAE: return "VAE";
+    case D3SR_MODEL_UNET: return "UNet";
     }
     return "model";
 }

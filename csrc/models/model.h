@@ -13,6 +13,7 @@
 
 typedef enum {
     D3SR_MODEL_VAE,
+    D3SR_MODEL_UNET,
 } d3sr_model_kind;
 
 struct d3sr_model {

@@ -83,14 +83,14 @@ static d3sr_status register_mid(d3sr_params *params, vae_mid_block *mid, const c
     char name[D3SR_NAME_BYTES];
     int ch = c->block_out_channels[c->num_levels - 1], g = c->norm_num_groups;
     snprintf(name, sizeof name, "%s.resnets.0", prefix);
-    D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, name, ch, ch, g, VAE_EPS));
+    D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, name, ch, ch, 0, g, VAE_EPS));
     mid->has_attention = c->mid_block_add_attention;
     if (mid->has_attention) {
         snprintf(name, sizeof name, "%s.attentions.0", prefix);
         D3SR_CHECK(d3sr_spatial_attention_register(params, &mid->attention, name, ch, 1, g, VAE_EPS));
     }
     snprintf(name, sizeof name, "%s.resnets.1", prefix);
-    return d3sr_resnet_register(params, &mid->resnet1, name, ch, ch, g, VAE_EPS);
+    return d3sr_resnet_register(params, &mid->resnet1, name, ch, ch, 0, g, VAE_EPS);
 }
 
 static d3sr_status register_level(d3sr_params *params, vae_level *level, const char *prefix,
@@ -102,7 +102,7 @@ static d3sr_status register_level(d3sr_params *params, vae_level *level, const c
     level->n_resnets = n_resnets;
     for (int j = 0; j < n_resnets; j++) {
         snprintf(name, sizeof name, "%s.resnets.%d", prefix, j);
-        D3SR_CHECK(d3sr_resnet_register(params, &level->resnets[j], name, j == 0 ? cin : cout, cout, groups, VAE_EPS));
+        D3SR_CHECK(d3sr_resnet_register(params, &level->resnets[j], name, j == 0 ? cin : cout, cout, 0, groups, VAE_EPS));
     }
     return D3SR_OK;
 }
@@ -188,7 +188,7 @@ static d3sr_status run_resnets(d3sr_ctx *ctx, const d3sr_resnet *resnets, int co
 {
     for (int j = 0; j < count; j++) {
         d3sr_tensor y;
-        D3SR_CHECK(d3sr_resnet_forward(ctx, &resnets[j], x, &y));
+        D3SR_CHECK(d3sr_resnet_forward(ctx, &resnets[j], x, NULL, &y));
         d3sr_tensor_release(ctx, x);
         *x = y;
     }

@@ -18,9 +18,8 @@ struct d3sr_backend {
     d3sr_status (*alloc)(d3sr_ctx *ctx, size_t bytes, void **out);
     void (*free)(d3sr_ctx *ctx, void *p);
 
-    /* host: float32 in PyTorch layout. dst comes shaped by ops.c (conv [cout, kh, kw, cin],
-     * linear [1, 1, out, in], vector [1, 1, 1, c]); a backend that stores another
-     * layout sets dst's shape to what it stores. */
+    /* host: float32 in PyTorch layout; dst comes shaped by ops.c (conv [cout, kh, kw, cin],
+     * linear [1, 1, out, in], vector [1, 1, 1, c]) and gets the backend's copy. */
     d3sr_status (*upload_weight)(d3sr_ctx *ctx, d3sr_weight_kind kind, const float *host,
                                  d3sr_tensor *dst);
     /* Host float32 in the tensor's own layout [n, h, w, c], or in NCHW. */

@@ -80,8 +80,7 @@ d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char 
     conv->stride = stride;
     conv->pad_top = conv->pad_bottom = conv->pad_left = conv->pad_right = pad;
     int64_t wshape[4] = {cout, cin, kernel, kernel};
-    d3sr_weight_kind kind = d3sr_conv_is_3x3_s1(conv) ? D3SR_WEIGHT_CONV_3X3_S1 : D3SR_WEIGHT_CONV;
-    D3SR_CHECK(d3sr_params_add(params, &conv->weight, kind, 4, wshape, "%s.weight", prefix));
+    D3SR_CHECK(d3sr_params_add(params, &conv->weight, D3SR_WEIGHT_CONV, 4, wshape, "%s.weight", prefix));
     if (bias) {
         int64_t bshape[1] = {cout};
         D3SR_CHECK(d3sr_params_add(params, &conv->bias, D3SR_WEIGHT_VECTOR, 1, bshape, "%s.bias", prefix));
@@ -171,8 +170,7 @@ d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtyp
     memset(dst, 0, sizeof *dst);
     dst->dtype = ctx->dtype;
     switch (param->kind) {
-    case D3SR_WEIGHT_CONV:
-    case D3SR_WEIGHT_CONV_3X3_S1: dst->n = (int)s[0]; dst->h = (int)s[2]; dst->w = (int)s[3]; dst->c = (int)s[1]; break;
+    case D3SR_WEIGHT_CONV: dst->n = (int)s[0]; dst->h = (int)s[2]; dst->w = (int)s[3]; dst->c = (int)s[1]; break;
     case D3SR_WEIGHT_LINEAR: dst->n = 1; dst->h = 1; dst->w = (int)s[0]; dst->c = (int)s[1]; break;
     case D3SR_WEIGHT_VECTOR: dst->n = 1; dst->h = 1; dst->w = 1; dst->c = (int)s[0]; break;
     }

@@ -48,13 +48,6 @@ typedef struct {
     int pad_top, pad_bottom, pad_left, pad_right;
 } d3sr_conv;
 
-/* 3x3 stride-1 convolutions get their own weight kind (D3SR_WEIGHT_CONV_3X3_S1),
- * so a backend can store them in a form only they use. */
-static inline int d3sr_conv_is_3x3_s1(const d3sr_conv *conv)
-{
-    return conv->kh == 3 && conv->kw == 3 && conv->stride == 1;
-}
-
 /* y = x W^T + b over the last dimension. */
 typedef struct {
     d3sr_tensor weight; /* [out, in] */

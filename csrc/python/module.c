@@ -217,6 +217,54 @@ static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
 static PyObject *model_vae_encode(ModelObject *self, PyObject *x) { return vae_call(self, x, 1); }
 static PyObject *model_vae_decode(ModelObject *self, PyObject *z) { return vae_call(self, z, 0); }
 
+static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"sample", "timesteps", "encoder_hidden_states", "text_embeds", "time_ids", NULL};
+    PyObject *so, *to, *co, *eo = Py_None, *io = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OO", keywords, &so, &to, &co, &eo, &io)) return NULL;
+    PyArrayObject *s = float32_array(so, "sample", 4), *t = s ? float32_array(to, "timesteps", 1) : NULL;
+    PyArrayObject *c = t ? float32_array(co, "encoder_hidden_states", 3) : NULL;
+    PyArrayObject *e = c && eo != Py_None ? float32_array(eo, "text_embeds", 2) : NULL;
+    PyArrayObject *ids = c && io != Py_None ? float32_array(io, "time_ids", 2) : NULL;
+    PyArrayObject *y = NULL;
+    if (!c || (eo != Py_None && !e) || (io != Py_None && !ids)) goto done;
+    npy_intp n = PyArray_DIM(s, 0);
+    if (PyArray_DIM(t, 0) != n || PyArray_DIM(c, 0) != n || (e && PyArray_DIM(e, 0) != n) ||
+        (ids && PyArray_DIM(ids, 0) != n)) {
+        PyErr_Format(PyExc_ValueError, "timesteps, encoder_hidden_states, text_embeds and time_ids need one row per sample (%zd)",
+                     (Py_ssize_t)n);
+        goto done;
+    }
+    int64_t in[4], out[4];
+    for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(s, i);
+    d3sr_status status = d3sr_unet_output_shape(self->model, in, out);
+    if (status != D3SR_OK) {
+        raise_status(status);
+        goto done;
+    }
+    npy_intp dims[4] = {(npy_intp)out[0], (npy_intp)out[1], (npy_intp)out[2], (npy_intp)out[3]};
+    y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (!y) goto done;
+    const float *sd = PyArray_DATA(s), *td = PyArray_DATA(t), *cd = PyArray_DATA(c);
+    const float *ed = e ? PyArray_DATA(e) : NULL, *idd = ids ? PyArray_DATA(ids) : NULL;
+    int ctx_len = (int)PyArray_DIM(c, 1), ctx_dim = (int)PyArray_DIM(c, 2);
+    int text_dim = e ? (int)PyArray_DIM(e, 1) : 0, n_ids = ids ? (int)PyArray_DIM(ids, 1) : 0;
+    float *yd = PyArray_DATA(y);
+    RUN_LOCKED(self, d3sr_unet_forward(self->model, sd, (int)in[0], (int)in[2], (int)in[3], td, cd, ctx_len, ctx_dim,
+                                       ed, text_dim, idd, n_ids, yd));
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+    }
+done:
+    Py_XDECREF(s);
+    Py_XDECREF(t);
+    Py_XDECREF(c);
+    Py_XDECREF(e);
+    Py_XDECREF(ids);
+    return (PyObject *)y;
+}
+
 static PyObject *model_set_capture(ModelObject *self, PyObject *arg)
 {
     int enabled = PyObject_IsTrue(arg);
@@ -267,6 +315,8 @@ static PyMethodDef model_methods[] = {
     {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
     {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
+    {"unet_forward", (PyCFunction)(void (*)(void))model_unet_forward, METH_VARARGS | METH_KEYWORDS,
+     "unet_forward(sample, timesteps [N], encoder_hidden_states [N, L, D], text_embeds=None, time_ids=None)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -299,6 +349,22 @@ static int dict_int(PyObject *dict, const char *key, int *out)
         return -1;
     }
     *out = (int)v;
+    return 0;
+}
+
+static int dict_float(PyObject *dict, const char *key, float *out)
+{
+    PyObject *value = PyDict_GetItemString(dict, key);
+    if (!value) {
+        PyErr_Format(PyExc_KeyError, "config lacks '%s'", key);
+        return -1;
+    }
+    double v = PyFloat_AsDouble(value);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "config field '%s' must be a number", key);
+        return -1;
+    }
+    *out = (float)v;
     return 0;
 }
 
@@ -351,6 +417,61 @@ static PyObject *py_vae_create(PyObject *module, PyObject *args, PyObject *kwarg
     d3sr_status status;
     Py_BEGIN_ALLOW_THREADS
     status = d3sr_vae_create(&cfg, parts, device, dtype, &model);
+    Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) return raise_status(status);
+    return wrap_model(model);
+}
+
+/* Reads a per-level list that must have num_levels entries. */
+static int dict_levels(PyObject *dict, const char *key, int *out, int num_levels)
+{
+    int count;
+    if (dict_int_list(dict, key, out, D3SR_MAX_LEVELS, &count)) return -1;
+    if (count != num_levels) {
+        PyErr_Format(PyExc_ValueError, "config field '%s' has %d entries, block_out_channels has %d", key, count, num_levels);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_unet_create(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"config", "trunk_only", "device", "dtype", NULL};
+    PyObject *config;
+    int trunk_only = 0;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!|pss", keywords, &PyDict_Type, &config, &trunk_only, &device,
+                                     &dtype_name))
+        return NULL;
+    d3sr_unet_config c;
+    memset(&c, 0, sizeof c);
+    d3sr_dtype dtype;
+    int levels;
+    if (parse_dtype(dtype_name, &dtype) ||
+        dict_int_list(config, "block_out_channels", c.block_out_channels, D3SR_MAX_LEVELS, &levels))
+        return NULL;
+    c.num_levels = levels;
+    if (dict_int(config, "in_channels", &c.in_channels) || dict_int(config, "out_channels", &c.out_channels) ||
+        dict_levels(config, "down_cross_attention", c.down_cross_attention, levels) ||
+        dict_levels(config, "up_cross_attention", c.up_cross_attention, levels) ||
+        dict_levels(config, "layers_per_block", c.layers_per_block, levels) ||
+        dict_levels(config, "transformer_layers", c.transformer_layers, levels) ||
+        dict_levels(config, "up_transformer_layers", c.up_transformer_layers, levels) ||
+        dict_levels(config, "attention_heads", c.attention_heads, levels) ||
+        dict_int(config, "cross_attention_dim", &c.cross_attention_dim) ||
+        dict_int(config, "norm_num_groups", &c.norm_num_groups) || dict_float(config, "norm_eps", &c.norm_eps) ||
+        dict_int(config, "use_linear_projection", &c.use_linear_projection) ||
+        dict_int(config, "flip_sin_to_cos", &c.flip_sin_to_cos) || dict_float(config, "freq_shift", &c.freq_shift) ||
+        dict_int(config, "time_embed_dim", &c.time_embed_dim) || dict_int(config, "text_time", &c.text_time) ||
+        dict_int(config, "addition_time_embed_dim", &c.addition_time_embed_dim) ||
+        dict_int(config, "addition_input_dim", &c.addition_input_dim) ||
+        dict_int(config, "downsample_padding", &c.downsample_padding))
+        return NULL;
+    d3sr_model *model;
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_unet_create(&c, trunk_only, device, dtype, &model);
     Py_END_ALLOW_THREADS
     if (status != D3SR_OK) return raise_status(status);
     return wrap_model(model);
@@ -657,6 +778,8 @@ static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"vae_create", (PyCFunction)(void (*)(void))py_vae_create, METH_VARARGS | METH_KEYWORDS,
      "vae_create(config: dict, parts: int, device='cpu', dtype='fp32') -> Model"},
+    {"unet_create", (PyCFunction)(void (*)(void))py_unet_create, METH_VARARGS | METH_KEYWORDS,
+     "unet_create(config: dict, trunk_only=False, device='cpu', dtype='fp32') -> Model"},
     {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
      "conv2d(x [n,h,w,cin], weight [cout,cin,k,k], bias=None, stride=1, padding=(t,b,l,r), residual=None)"},
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS, "linear(x [rows,in], weight [out,in], bias=None)"},
