@@ -29,7 +29,8 @@ _LORA_KEY = re.compile(
     r"lora_(?P<peft>[AB])(?:\.[A-Za-z0-9_]+)?\.weight"  # PEFT, optional adapter name
     r"|lora\.(?P<diffusers>down|up)\.weight"             # diffusers LoRACompatible layers
     r"|alpha)$")
-_PROCESSOR_KEY = re.compile(r"^(?P<block>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<which>down|up)\.weight$")
+_PROCESSOR_KEY = re.compile(
+    r"^(?P<block>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?:(?P<which>down|up)\.weight|alpha)$")
 
 
 class LoRA:
@@ -83,7 +84,10 @@ class LoRA:
             if m:
                 proj = "to_out.0" if m["proj"] == "to_out" else m["proj"]
                 module = f"{m['block']}.{proj}"
-                (down if m["which"] == "down" else up)[module] = value
+                if m["which"] is None:
+                    alphas[module] = float(np.asarray(value).reshape(-1)[0])
+                else:
+                    (down if m["which"] == "down" else up)[module] = value
                 continue
             m = _LORA_KEY.match(name)
             if not m:

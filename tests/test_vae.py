@@ -276,3 +276,31 @@ def test_forward_before_weights_names_the_missing_one():
     vae = d3sr.VAE.from_config({"block_out_channels": [8], "norm_num_groups": 4})
     with pytest.raises(ValueError, match="missing, the first is 'encoder.conv_in.weight'"):
         vae.decode(np.zeros((1, 4, 2, 2), np.float32))
+
+
+def test_bfloat16_weights_load(tmp_path):
+    """bfloat16 files (NumPy has no such dtype): the same result as their float32 values."""
+    import json
+    import struct
+
+    from safetensors.numpy import load_file, save_file
+
+    src = os.path.join(DATA, "vae_a")
+    weights = load_file(os.path.join(src, "diffusion_pytorch_model.safetensors"))
+    bits = {k: (v.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16) for k, v in weights.items()}
+    header, offset, blobs = {}, 0, []
+    for k, b in bits.items():
+        header[k] = {"dtype": "BF16", "shape": list(b.shape), "data_offsets": [offset, offset + b.nbytes]}
+        offset += b.nbytes
+        blobs.append(b.tobytes())
+    raw = json.dumps(header).encode()
+    bf16_dir, f32_dir = tmp_path / "bf16", tmp_path / "f32"
+    for d in (bf16_dir, f32_dir):
+        d.mkdir()
+        shutil.copy(os.path.join(src, "config.json"), d / "config.json")
+    with open(bf16_dir / "diffusion_pytorch_model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+    rounded = {k: (b.astype(np.uint32) << 16).view(np.float32) for k, b in bits.items()}
+    save_file(rounded, str(f32_dir / "diffusion_pytorch_model.safetensors"))
+    x = load_reference(os.path.join(src, "reference.safetensors"))["encode.input"]
+    np.testing.assert_array_equal(d3sr.VAE.load(str(bf16_dir)).encode(x), d3sr.VAE.load(str(f32_dir)).encode(x))

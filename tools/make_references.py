@@ -209,7 +209,83 @@ def make_unet() -> None:
         print(f"wrote {folder}")
 
 
-SECTIONS = {"vae": make_vae, "unet": make_unet}
+# ---- LoRA -------------------------------------------------------------------
+
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                     "conv1", "conv2", "conv_shortcut"]
+VAE_LORA_TARGETS = r"encoder\..*(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0)$"
+MERGED_SAMPLES = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+                  "down_blocks.0.resnets.0.conv1.weight", "up_blocks.1.resnets.1.conv_shortcut.weight",
+                  "encoder.down_blocks.0.resnets.0.conv1.weight", "encoder.mid_block.attentions.0.to_v.weight"]
+
+
+def add_random_lora(model, config, seed: int) -> dict:
+    """Adds a PEFT adapter with random A and B (PEFT starts B at zero, which
+    would make the test vacuous); returns the adapter's state dict as saved."""
+    from peft import get_peft_model_state_dict
+
+    model.add_adapter(config)
+    rng = np.random.default_rng(seed)
+    for name, param in sorted(model.named_parameters()):
+        if "lora_" in name:
+            param.data = torch.from_numpy((rng.standard_normal(tuple(param.shape)) * 0.1).astype(np.float32))
+    return {k: v.detach().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def merged_samples(model) -> dict:
+    """PEFT's own merge (W + scale B A) of a few layers, by their base names."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()
+    state = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items()}
+    return {f"merged.{k}": state[k].numpy().copy() for k in MERGED_SAMPLES if k in state}
+
+
+def make_lora() -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from peft import LoraConfig
+    from safetensors.torch import load_file as load_torch
+
+    # UNet: rank 4 with lora_alpha 16 in adapter_config.json.
+    folder = os.path.join(DATA, "unet_sd2")
+    config = json.load(open(os.path.join(folder, "config.json")))
+    unet = UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+    unet.load_state_dict(load_torch(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
+    lora_config = LoraConfig(r=4, lora_alpha=16, target_modules=UNET_LORA_TARGETS)
+    adapter = add_random_lora(unet, lora_config, seed=31)
+    out = os.path.join(DATA, "lora_unet")
+    os.makedirs(out, exist_ok=True)
+    save_tensors(adapter, os.path.join(out, "adapter_model.safetensors"))
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump({"r": 4, "lora_alpha": 16, "target_modules": UNET_LORA_TARGETS, "peft_type": "LORA"}, f, indent=2)
+    inputs = unet_inputs(UNET_TINY["unet_sd2"][0], *UNET_TINY["unet_sd2"][1][0], seed=11)
+    ref = unet_reference(unet, inputs, "unet")  # PEFT's unmerged forward: base + scale * B A
+    ref.update(merged_samples(unet))
+
+    # VAE encoder: rank 2, no alpha anywhere (PEFT's default 8, as OSEDiff trains).
+    folder = os.path.join(DATA, "vae_a")
+    config = json.load(open(os.path.join(folder, "config.json")))
+    vae = AutoencoderKL(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+    vae.load_state_dict(load_torch(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
+    adapter = add_random_lora(vae, LoraConfig(r=2, target_modules=VAE_LORA_TARGETS), seed=32)
+    save_tensors(adapter, os.path.join(out, "vae_encoder_lora.safetensors"))
+    images = load_numpy(os.path.join(folder, "reference.safetensors"))["encode.input"]
+    with torch.no_grad():
+        ref["vae.mean"] = vae.encode(torch.from_numpy(images)).latent_dist.mean.numpy()
+    ref.update(merged_samples(vae))
+    save_tensors(ref, os.path.join(out, "reference.safetensors"))
+    print(f"wrote {out}")
+
+
+def load_numpy(path: str) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora}
 
 
 def main() -> None:
