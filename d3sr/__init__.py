@@ -2,13 +2,15 @@
 called from Python on NumPy arrays.
 
     import d3sr
-    vae = d3sr.VAE.load("stable-diffusion-2-1-base/vae")
-    mean = vae.encode(images)          # [N, 3, H, W] float32 in [-1, 1]
-    images = vae.decode(mean)
+    upscaler = d3sr.Upscaler.load("checkpoints/d3sr")   # a folder with d3sr.json
+    sr = upscaler.upscale(image)                         # H x W x 3 uint8 -> 4H x 4W x 3
+
+The parts run on their own too: d3sr.VAE, d3sr.UNet, d3sr.LoRA.
 """
 from ._native import _core
 from .lora import LoRA
 from .unet import UNet
+from .upscaler import Upscaler
 from .vae import VAE
 
 __version__ = "0.1.0"
@@ -34,4 +36,4 @@ def cuda_status() -> str:
     return _core.cuda_status()[1]
 
 
-__all__ = ["VAE", "UNet", "LoRA", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]
+__all__ = ["Upscaler", "VAE", "UNet", "LoRA", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]

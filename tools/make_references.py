@@ -285,7 +285,70 @@ def load_numpy(path: str) -> dict:
     return load_file(path)
 
 
-SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora}
+# ---- the generator, end to end -----------------------------------------------
+
+GENERATOR = {"type": "generator", "unet": "../unet_sd2", "vae": "../vae_a", "unet_lora": "../lora_unet",
+             "vae_lora": "../lora_unet/vae_encoder_lora.safetensors", "text_embedding": "text_embedding.safetensors",
+             "timestep": 399}
+
+
+def bicubic(images: np.ndarray, scale: int) -> np.ndarray:
+    """PIL's bicubic per channel in float32 ('F' mode), clipped to [0, 1]."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    out = np.stack([np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(images[i, :, :, ch]), mode="F")
+                                         .resize((w * scale, h * scale), Image.BICUBIC)) for ch in range(c)], -1)
+                    for i in range(n)])
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def make_generator() -> None:
+    """A PyTorch reference of D3SR's generator from diffusers modules and eq. 1."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file as load_torch
+
+    folder = os.path.join(DATA, "generator_tiny")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "d3sr.json"), "w") as f:
+        json.dump(GENERATOR, f, indent=2)
+    embedding = np.random.default_rng(41).standard_normal((CONTEXT_LEN, 24)).astype(np.float32)
+    save_tensors({"prompt_embeds": embedding}, os.path.join(folder, "text_embedding.safetensors"))
+
+    def load(cls, name):
+        config = json.load(open(os.path.join(DATA, name, "config.json")))
+        model = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+        model.load_state_dict(load_torch(os.path.join(DATA, name, "diffusion_pytorch_model.safetensors")))
+        return model
+
+    vae, unet = load(AutoencoderKL, "vae_a"), load(UNet2DConditionModel, "unet_sd2")
+    vae.add_adapter(LoraConfig(r=2, target_modules=VAE_LORA_TARGETS))
+    set_peft_model_state_dict(vae, load_torch(os.path.join(DATA, "lora_unet", "vae_encoder_lora.safetensors")))
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=16, target_modules=UNET_LORA_TARGETS))
+    set_peft_model_state_dict(unet, load_torch(os.path.join(DATA, "lora_unet", "adapter_model.safetensors")))
+
+    scale, sf, t = 2, 0.18215, GENERATOR["timestep"]
+    images = (testing.random_images((2, 3, 11, 13), seed=42).transpose(0, 2, 3, 1) + 1) / 2  # [N, H, W, 3] in [0, 1]
+    up = bicubic(images, scale) * 2 - 1
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = up.shape[1:3]
+    x = np.pad(up, ((0, 0), (0, -h % factor), (0, -w % factor), (0, 0)), mode="reflect").transpose(0, 3, 1, 2)
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    abar = np.cumprod(1 - betas)[t]
+    with torch.no_grad():
+        z = vae.encode(torch.from_numpy(np.ascontiguousarray(x))).latent_dist.mean * sf
+        context = torch.from_numpy(embedding)[None].expand(len(images), -1, -1)
+        eps = unet(z, torch.tensor([t] * len(images)), encoder_hidden_states=context).sample
+        z_h = ((z.double() - np.sqrt(1 - abar) * eps.double()) / np.sqrt(abar)).float()
+        out = vae.decode(z_h / sf).sample.clamp(-1, 1).numpy()
+    out = ((out + 1) / 2)[:, :, :h, :w].transpose(0, 2, 3, 1)
+    save_tensors({"image": images.astype(np.float32), "output": out.astype(np.float32), "scale": np.array([scale])},
+                 os.path.join(folder, "reference.safetensors"))
+    print(f"wrote {folder}")
+
+
+SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator}
 
 
 def main() -> None:

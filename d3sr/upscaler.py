@@ -1,0 +1,133 @@
+"""The one-step D3SR generator: bicubic upsampling, VAE encoder, one UNet step, VAE decoder.
+
+    x_L (H x W x 3)  -> bicubic x scale (PIL's kernel, as OSEDiff and SeeSR) -> [-1, 1],
+    padded (reflected) to a multiple of the VAE's factor -> z_L = E(x) * scaling_factor
+    -> eps = UNet(z_L, T_L, fixed text embedding)
+    -> z_H = (z_L - sqrt(1 - abar_TL) eps) / sqrt(abar_TL)   (D3SR eq. 1; coefficients in float64)
+    -> D(z_H / scaling_factor), clamped to [-1, 1] -> [0, 1], padding cropped.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from . import _checks
+from .checkpoint import alphas_cumprod, read_generator_config, read_text_embedding
+from .lora import LoRA
+from .unet import UNet
+from .vae import VAE
+
+MIN_SIDE = 8
+
+
+class Upscaler:
+    """The D3SR generator over a checkpoint folder (see d3sr.checkpoint)."""
+
+    def __init__(self, vae: VAE, unet: UNet, text_embedding: np.ndarray, config: dict):
+        self.vae = vae
+        self.unet = unet
+        self.text_embedding = text_embedding  # [L, cross_attention_dim]
+        self.config = config
+        abar = alphas_cumprod(config["schedule"])[config["timestep"]]
+        self.timestep = config["timestep"]
+        self.latent_formula = config["latent_formula"]
+        self.scaling_factor = float(config["scaling_factor"])
+        self._eps_coefficient = float(np.sqrt(1.0 - abar))  # float64 throughout
+        self._x0_divisor = float(np.sqrt(abar))
+
+    @classmethod
+    def load(cls, path: str, *, device: str = "cpu", dtype: str = "fp32") -> "Upscaler":
+        """Loads a generator checkpoint folder: d3sr.json, unet/, vae/, LoRAs, text embedding."""
+        _checks.device_and_dtype(device, dtype)
+        config = read_generator_config(path)
+        vae_lora = LoRA.load(config["vae_lora"]) if config["vae_lora"] else None
+        unet_lora = LoRA.load(config["unet_lora"]) if config["unet_lora"] else None
+        vae = VAE.load(config["vae"], device=device, dtype=dtype, lora=vae_lora)
+        unet = UNet.load(config["unet"], device=device, dtype=dtype, lora=unet_lora)
+        if unet.config["in_channels"] != vae.config["latent_channels"] or \
+                unet.config["out_channels"] != vae.config["latent_channels"]:
+            raise ValueError(f"{path}: the UNet takes {unet.config['in_channels']} channels, "
+                             f"the VAE's latents have {vae.config['latent_channels']}")
+        embedding = read_text_embedding(config["text_embedding"], unet.config["cross_attention_dim"])
+        return cls(vae, unet, embedding, config)
+
+    def upscale(self, image: np.ndarray, scale: int = 4) -> np.ndarray:
+        """Super-resolves an image: H x W x 3 (or N x H x W x 3), uint8 or float32
+        in [0, 1]; returns the same kind at scale times the size."""
+        images, single, is_uint8 = _as_batch(image)
+        if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
+            raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
+        n, h, w, _ = images.shape
+        if h < MIN_SIDE or w < MIN_SIDE:
+            raise ValueError(f"image must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {h} x {w}")
+        upsampled = _bicubic(images, scale)                           # [N, sH, sW, 3] float32 in [0, 1]
+        x, (out_h, out_w) = _pad(upsampled * 2 - 1, self.vae.downscale)
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))              # [N, 3, H', W'] in [-1, 1]
+        z = self.vae.encode(x) * np.float32(self.scaling_factor)        # z_L
+        context = np.ascontiguousarray(np.broadcast_to(self.text_embedding, (n,) + self.text_embedding.shape))
+        eps = self.unet(z, self.timestep, context)
+        z_h = self.denoise(z, eps)
+        decoded = self.vae.decode(z_h / np.float32(self.scaling_factor))
+        out = (np.clip(decoded, -1, 1) + 1) / 2
+        out = out[:, :, :out_h, :out_w].transpose(0, 2, 3, 1)
+        if is_uint8:
+            out = np.round(out * 255).astype(np.uint8)
+        out = np.ascontiguousarray(out, dtype=out.dtype)
+        return out[0] if single else out
+
+    def denoise(self, z: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """z_H from z_L and the UNet's prediction, coefficients in float64."""
+        z64, eps64 = z.astype(np.float64), eps.astype(np.float64)
+        if self.latent_formula == "residual":
+            return (z64 - eps64).astype(np.float32)
+        return ((z64 - self._eps_coefficient * eps64) / self._x0_divisor).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return (f"Upscaler(timestep={self.timestep}, latent_formula={self.latent_formula!r}, "
+                f"device={self.vae.device!r}, dtype={self.vae.dtype!r})")
+
+
+def _as_batch(image):
+    """[N, H, W, 3] float32 in [0, 1], whether one image came, whether it was uint8."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy.ndarray [H, W, 3] or [N, H, W, 3], not {type(image).__name__}")
+    if image.ndim not in (3, 4) or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape [H, W, 3] or [N, H, W, 3], got {image.shape}")
+    if image.dtype == np.uint8:
+        batch = image.astype(np.float32) / 255
+    elif image.dtype == np.float32:
+        if not np.isfinite(image).all():
+            raise ValueError("image contains NaN or Inf")
+        if image.min(initial=0) < 0 or image.max(initial=0) > 1:
+            raise ValueError(f"float32 image values must be in [0, 1], got [{image.min()}, {image.max()}]")
+        batch = image
+    else:
+        raise TypeError(f"image must be uint8 or float32 in [0, 1], not {image.dtype}")
+    single = image.ndim == 3
+    return (batch[None] if single else batch), single, image.dtype == np.uint8
+
+
+def _bicubic(images: np.ndarray, scale: int) -> np.ndarray:
+    """PIL's bicubic resize by scale, per channel in float32 ('F' mode), so
+    uint8 inputs get exactly the interpolation OSEDiff's pipeline applies,
+    without its rounding to uint8 in between."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    out = np.empty((n, h * scale, w * scale, c), np.float32)
+    for i in range(n):
+        for ch in range(c):
+            plane = Image.fromarray(np.ascontiguousarray(images[i, :, :, ch]), mode="F")
+            out[i, :, :, ch] = np.asarray(plane.resize((w * scale, h * scale), Image.BICUBIC))
+    return np.clip(out, 0, 1)
+
+
+def _pad(x: np.ndarray, multiple: int):
+    """Reflect-pads [N, H, W, C] at the bottom and right to multiples of multiple."""
+    n, h, w, _ = x.shape
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")
+    return x, (h, w)
+
