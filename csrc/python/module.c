@@ -7,20 +7,17 @@
  * core and turns a failed status into the matching exception with the
  * core's message. No arithmetic on data happens here.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#define D3SR_BINDING_MAIN
+#include "binding.h"
+
 #include <pythread.h>
 
-#define NPY_NO_DEPRECATED_API NPY_1_20_API_VERSION
-#include <numpy/arrayobject.h>
-
-#include "../d3sr.h"
 #include "../ops/device.h"
 #include "../ops/single_op.h"
 
 /* ---- errors ------------------------------------------------------------ */
 
-static PyObject *raise_status(d3sr_status status)
+PyObject *raise_status(d3sr_status status)
 {
     PyObject *type;
     switch (status) {
@@ -33,10 +30,7 @@ static PyObject *raise_status(d3sr_status status)
     return NULL;
 }
 
-/* Borrow obj as a C-contiguous float32 array of ndim dimensions (ndim < 0: any).
- * Other dtypes are a TypeError naming arg: converting silently would hide a
- * caller's mistake. Returns a new reference, or NULL with an exception set. */
-static PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim)
+PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim)
 {
     if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, not %s", arg, Py_TYPE(obj)->tp_name);
@@ -56,7 +50,7 @@ static PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim)
     return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
 }
 
-static int parse_dtype(const char *name, d3sr_dtype *out)
+int parse_dtype(const char *name, d3sr_dtype *out)
 {
     if (strcmp(name, "fp32") == 0) *out = D3SR_F32;
     else if (strcmp(name, "fp16") == 0) *out = D3SR_F16;
@@ -797,6 +791,9 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Method tables of the other binding files (binding.h), added to the module. */
+static PyMethodDef *const binding_extensions[] = {NULL};
+
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "d3sr._core", "The C core of d3sr; use the d3sr package instead.", -1, module_methods,
     NULL, NULL, NULL, NULL,
@@ -808,6 +805,11 @@ PyMODINIT_FUNC PyInit__core(void)
     if (PyType_Ready(&ModelType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
+    for (int i = 0; binding_extensions[i]; i++)
+        if (PyModule_AddFunctions(m, binding_extensions[i]) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
         PyModule_AddIntConstant(m, "VAE_ENCODER", D3SR_VAE_ENCODER) < 0 ||
