@@ -348,7 +348,55 @@ def make_generator() -> None:
     print(f"wrote {folder}")
 
 
-SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator}
+# ---- OSEDiff's LoRA pickle ---------------------------------------------------
+
+def make_osediff() -> None:
+    """A small model saved the way OSEDiff saves its LoRA (torch.save of a dict
+    with three UNet adapters, one VAE encoder adapter, conv_in fully trained,
+    no alpha), and the output of the UNet and VAE encoder with those adapters
+    loaded as OSEDiff's inference code loads them."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from peft import LoraConfig
+    from safetensors.torch import load_file as load_torch
+
+    def load(cls, name):
+        config = json.load(open(os.path.join(DATA, name, "config.json")))
+        model = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+        model.load_state_dict(load_torch(os.path.join(DATA, name, "diffusion_pytorch_model.safetensors")))
+        return model
+
+    unet, vae = load(UNet2DConditionModel, "unet_sd2"), load(AutoencoderKL, "vae_a")
+    modules = {"default_encoder": ["to_q", "to_k", "conv1"], "default_decoder": ["to_v", "conv2"],
+               "default_others": ["to_out.0", "proj_in", "proj_out", "ff.net.2"]}
+    for adapter, targets in modules.items():
+        unet.add_adapter(LoraConfig(r=2, init_lora_weights="gaussian", target_modules=targets), adapter_name=adapter)
+    unet.set_adapter(list(modules))
+    vae.add_adapter(LoraConfig(r=2, init_lora_weights="gaussian", target_modules=VAE_LORA_TARGETS),
+                    adapter_name="default_encoder")
+    rng = np.random.default_rng(51)
+    for model in (unet, vae):
+        for name, param in sorted(model.named_parameters()):
+            if "lora" in name or name.startswith("conv_in") and model is unet:
+                param.data = torch.from_numpy((rng.standard_normal(tuple(param.shape)) * 0.1).astype(np.float32))
+    pkl = {"unet_lora_encoder_modules": modules["default_encoder"], "unet_lora_decoder_modules": modules["default_decoder"],
+           "unet_lora_others_modules": modules["default_others"], "rank_unet": 2, "rank_vae": 2,
+           "vae_lora_encoder_modules": ["conv1", "conv2", "conv_shortcut", "to_q", "to_k", "to_v", "to_out.0"],
+           "state_dict_unet": {k: v.detach().clone() for k, v in unet.state_dict().items() if "lora" in k or "conv_in" in k},
+           "state_dict_vae": {k: v.detach().clone() for k, v in vae.state_dict().items() if "lora" in k}}
+    folder = os.path.join(DATA, "osediff_tiny")
+    os.makedirs(folder, exist_ok=True)
+    torch.save(pkl, os.path.join(folder, "model.pkl"))
+    inputs = unet_inputs(UNET_TINY["unet_sd2"][0], *UNET_TINY["unet_sd2"][1][0], seed=11)
+    ref = unet_reference(unet, inputs, "unet")
+    images = load_numpy(os.path.join(DATA, "vae_a", "reference.safetensors"))["encode.input"]
+    with torch.no_grad():
+        ref["vae.mean"] = vae.encode(torch.from_numpy(images)).latent_dist.mean.numpy()
+    save_tensors({k: v for k, v in ref.items() if not k.startswith("unet.block.")},
+                 os.path.join(folder, "reference.safetensors"))
+    print(f"wrote {folder}")
+
+
+SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator, "osediff": make_osediff}
 
 
 def main() -> None:

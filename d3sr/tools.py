@@ -1,0 +1,148 @@
+"""Checkpoint tools behind the `d3sr` command: assemble a generator checkpoint,
+convert OSEDiff's LoRA pickle, and a demo on random weights."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from typing import List, Optional
+
+import numpy as np
+
+from .checkpoint import GENERATOR_DEFAULTS, LATENT_FORMULAS, write_config
+from .lora import PEFT_DEFAULT_ALPHA
+
+
+def make_generator_checkpoint(output: str, *, sd: str, text_embedding: str, unet_lora: Optional[str] = None,
+                              vae_lora: Optional[str] = None, timestep: int = 399,
+                              latent_formula: str = "epsilon", link: bool = False) -> str:
+    """Assembles a generator checkpoint folder from an SD 2.1-base diffusers
+    folder (its unet/ and vae/ are copied, or symlinked with link), optional
+    LoRA files and the fixed text embedding (.safetensors or .npy, [77, 1024]).
+    Returns the path of the d3sr.json written."""
+    from safetensors.numpy import save_file
+
+    from .checkpoint import read_text_embedding
+
+    for part in ("unet", "vae"):
+        if not os.path.isfile(os.path.join(sd, part, "config.json")):
+            raise FileNotFoundError(f"{sd} has no {part}/config.json: expected a diffusers Stable Diffusion folder")
+    if latent_formula not in LATENT_FORMULAS:
+        raise ValueError(f"latent_formula must be one of {LATENT_FORMULAS}, not {latent_formula!r}")
+    if not 0 <= timestep <= 999:
+        raise ValueError(f"timestep must be in [0, 999], not {timestep}")
+    if text_embedding.endswith(".npy"):
+        embedding = np.load(text_embedding).astype(np.float32)
+        embedding = embedding[0] if embedding.ndim == 3 and embedding.shape[0] == 1 else embedding
+        if embedding.ndim != 2:
+            raise ValueError(f"{text_embedding}: the text embedding must be [L, width], not {embedding.shape}")
+    else:
+        embedding = read_text_embedding(text_embedding, width=_config_width(sd))
+    os.makedirs(output, exist_ok=True)
+    for part in ("unet", "vae"):
+        target = os.path.join(output, part)
+        if os.path.lexists(target):
+            raise FileExistsError(f"{target} exists; choose an empty output folder")
+        if link:
+            os.symlink(os.path.abspath(os.path.join(sd, part)), target)
+        else:
+            shutil.copytree(os.path.join(sd, part), target)
+    save_file({"prompt_embeds": np.ascontiguousarray(embedding)}, os.path.join(output, "text_embedding.safetensors"))
+    config = dict(GENERATOR_DEFAULTS, timestep=timestep, latent_formula=latent_formula)
+    for field, source in (("unet_lora", unet_lora), ("vae_lora", vae_lora)):
+        if source:  # a PEFT folder stays a folder, a file becomes <field>.safetensors
+            name = field if os.path.isdir(source) else f"{field}.safetensors"
+            (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, os.path.join(output, name))
+            config[field] = name
+    return write_config(output, config)
+
+
+def _config_width(sd: str) -> int:
+    from .weights import read_json
+
+    return int(read_json(os.path.join(sd, "unet", "config.json")).get("cross_attention_dim", 1024))
+
+
+_ADAPTER_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.[^.]+\.weight$")
+
+
+def osediff_state_to_lora(state: dict, alpha: float = PEFT_DEFAULT_ALPHA) -> dict:
+    """One of OSEDiff's state dicts (PEFT parameter names with adapter names,
+    e.g. 'to_q.lora_A.default_encoder.weight', plus fully trained weights such
+    as conv_in) as a d3sr LoRA state dict: 'to_q.lora_A.weight' with an explicit
+    '<module>.alpha' (OSEDiff sets none: PEFT's default 8) and the full weights."""
+    out = {}
+    for key, value in state.items():
+        value = np.ascontiguousarray(np.asarray(value, np.float32))
+        m = _ADAPTER_KEY.match(key)
+        if m:
+            name = f"{m['module']}.lora_{m['ab']}.weight"
+            if name in out:
+                raise ValueError(f"two adapters train '{m['module']}'; d3sr merges one LoRA per weight")
+            out[name] = value
+            out[f"{m['module']}.alpha"] = np.array(alpha, np.float32)
+        else:
+            out[key.replace(".base_layer.", ".")] = value
+    return out
+
+
+def convert_osediff(pkl: str, output: str) -> List[str]:
+    """Converts OSEDiff's saved model (a torch pickle with state_dict_unet,
+    state_dict_vae, ranks and module lists) into unet_lora.safetensors and
+    vae_lora.safetensors in output. Needs no torch."""
+    from safetensors.numpy import save_file
+
+    from . import torch_pickle
+
+    if not os.path.isfile(pkl):
+        raise FileNotFoundError(f"OSEDiff model not found: {pkl}")
+    model = torch_pickle.load(pkl)
+    if not isinstance(model, dict) or "state_dict_unet" not in model:
+        raise ValueError(f"{pkl} is not an OSEDiff model: it lacks state_dict_unet")
+    os.makedirs(output, exist_ok=True)
+    written = []
+    for part, key in (("unet", "state_dict_unet"), ("vae", "state_dict_vae")):
+        if key in model:
+            path = os.path.join(output, f"{part}_lora.safetensors")
+            save_file(osediff_state_to_lora(model[key]), path)
+            written.append(path)
+    return written
+
+
+def demo(size: int = 128, tiny: bool = False, output: str = "d3sr_demo.png", threads: int = 0) -> np.ndarray:
+    """Runs the whole generator on random weights (SD 2.1-base's architecture,
+    or a tiny one) and a synthetic image, printing timings. The output shows
+    that the pipeline runs, not a super-resolved image: the weights are noise."""
+    import d3sr
+    from d3sr.checkpoint import GENERATOR_DEFAULTS as config
+    from d3sr.testing import random_images, random_weights, real_config
+
+    if threads:
+        d3sr.set_num_threads(threads)
+    if tiny:
+        vae_config = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1, "norm_num_groups": 8}
+        unet_config = {"block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8,
+                       "cross_attention_dim": 64, "attention_head_dim": [2, 4], "use_linear_projection": True,
+                       "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                       "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}
+    else:
+        vae_config, unet_config = real_config("sd21-vae"), real_config("sd21-base-unet")
+    start = time.perf_counter()
+    vae = d3sr.VAE.from_config(vae_config)
+    vae.load_weights(random_weights(vae.weight_shapes(), seed=0))
+    unet = d3sr.UNet.from_config(unet_config)
+    unet.load_weights(random_weights(unet.weight_shapes(), seed=1))
+    embedding = np.random.default_rng(2).standard_normal((77, unet.config["cross_attention_dim"])).astype(np.float32)
+    upscaler = d3sr.Upscaler(vae, unet, embedding, dict(config))
+    print(f"built {'a tiny' if tiny else 'the SD 2.1-base'} generator with random weights in "
+          f"{time.perf_counter() - start:.1f} s ({d3sr.get_num_threads()} threads)")
+    image = ((random_images((1, 3, size, size), seed=3)[0].transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+    start = time.perf_counter()
+    out = upscaler.upscale(image, scale=4)
+    print(f"upscaled {size}x{size} -> {out.shape[1]}x{out.shape[0]} in {time.perf_counter() - start:.2f} s")
+    from .cli import write_image
+
+    write_image(output, out)
+    print(f"wrote {output} (random weights: the picture is noise, the pipeline is real)")
+    return out
