@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Mapping, Sequence
+import struct
+from typing import Dict, Iterable, Iterator, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -26,25 +27,49 @@ def real_config(name: str) -> dict:
         return json.load(f)
 
 
-def random_weights(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> Dict[str, np.ndarray]:
-    """Seeded float32 weights for {name: shape}, drawn in sorted-name order.
+def iter_random_weights(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> Iterator[Tuple[str, np.ndarray]]:
+    """Seeded float32 weights for {name: shape}, drawn one at a time in sorted-name order.
 
     Matrices and kernels ~ N(0, 1/fan_in) (activations keep their scale through
     deep stacks); biases ~ N(0, 0.01); 1-D weights (norm scales) ~ 1 + N(0, 0.01).
     The same names and shapes give the same arrays in any process.
     """
     rng = np.random.default_rng(seed)
-    weights = {}
     for name in sorted(shapes):
         shape = tuple(int(s) for s in shapes[name])
         draw = rng.standard_normal(shape, dtype=np.float32)
         if len(shape) >= 2:
-            weights[name] = draw * np.float32(1.0 / np.sqrt(np.prod(shape[1:])))
+            yield name, draw * np.float32(1.0 / np.sqrt(np.prod(shape[1:])))
         elif name.endswith("bias"):
-            weights[name] = draw * np.float32(0.1)
+            yield name, draw * np.float32(0.1)
         else:
-            weights[name] = np.float32(1.0) + draw * np.float32(0.1)
-    return weights
+            yield name, np.float32(1.0) + draw * np.float32(0.1)
+
+
+def random_weights(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> Dict[str, np.ndarray]:
+    """iter_random_weights as a dict (holds them all: for small models)."""
+    return dict(iter_random_weights(shapes, seed))
+
+
+def write_safetensors(path: str, shapes: Mapping[str, Sequence[int]], tensors: Iterable[Tuple[str, np.ndarray]]) -> None:
+    """Writes float32 tensors to a .safetensors file one at a time (never the
+    whole model in memory): shapes gives every name and shape up front, tensors
+    yields (name, array) in any order."""
+    offsets, offset = {}, 0
+    for name in shapes:
+        size = int(np.prod(shapes[name])) * 4
+        offsets[name] = (offset, offset + size)
+        offset += size
+    header = {name: {"dtype": "F32", "shape": [int(d) for d in shapes[name]], "data_offsets": list(offsets[name])}
+              for name in shapes}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        start = f.tell()
+        for name, array in tensors:
+            f.seek(start + offsets[name][0])
+            f.write(np.ascontiguousarray(array, "<f4").tobytes())
 
 
 def random_images(shape: Sequence[int], seed: int = 0) -> np.ndarray:
