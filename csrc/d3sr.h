@@ -175,6 +175,32 @@ D3SR_API d3sr_status d3sr_unet_forward(d3sr_model *m, const float *sample, int n
                                        int context_dim, const float *text_embeds, int text_dim,
                                        const float *time_ids, int n_time_ids, float *out);
 
+/* ---- the discriminator's patch head: a per-location MLP ------------------ */
+
+typedef enum {
+    D3SR_HEAD_SILU = 0,
+    D3SR_HEAD_RELU = 1,
+    D3SR_HEAD_LEAKY_RELU = 2,
+    D3SR_HEAD_GELU = 3,
+} d3sr_head_activation;
+
+typedef struct {
+    int in_channels;  /* the trunk's last width: 1280 for SDXL */
+    int hidden;
+    d3sr_head_activation activation;
+    float negative_slope; /* leaky ReLU only */
+} d3sr_head_config;
+
+/* Weights as nn.Sequential(Conv2d(in, hidden, 1), act, Conv2d(hidden, 1, 1))
+ * names them: "0.weight" [hidden, in, 1, 1] (or [hidden, in]), "0.bias",
+ * "2.weight" [1, hidden, 1, 1] (or [1, hidden]), "2.bias". */
+D3SR_API d3sr_status d3sr_head_create(const d3sr_head_config *cfg, const char *device, d3sr_dtype dtype,
+                                      d3sr_model **out);
+
+/* features [n, in_channels, h, w] -> logits [n, 1, h, w]. */
+D3SR_API d3sr_status d3sr_head_forward(d3sr_model *m, const float *features, int n, int channels, int h,
+                                       int w, float *logits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,14 +1,25 @@
-"""The d3sr checkpoint folder: d3sr.json and the files it names.
+"""The d3sr checkpoint folders: d3sr.json and the files it names.
 
-A generator checkpoint (D3SR has no public weights, so d3sr defines the layout
-over the standard formats researchers already have):
+D3SR has no public weights, so d3sr defines the layout over the standard
+formats researchers already have. A generator checkpoint:
 
-    d3sr.json                       see GENERATOR_DEFAULTS below
+    d3sr.json                       "type": "generator"; see GENERATOR_DEFAULTS
     unet/                           a diffusers UNet2DConditionModel folder (SD 2.1-base)
     vae/                            a diffusers AutoencoderKL folder
     unet_lora.safetensors           optional: a LoRA merged into the UNet at load
     vae_lora.safetensors            optional: a LoRA merged into the VAE encoder
     text_embedding.safetensors      the fixed prompt embedding [77, 1024], key "prompt_embeds"
+
+A discriminator checkpoint:
+
+    d3sr.json                       "type": "discriminator"; see DISCRIMINATOR_DEFAULTS
+    unet/                           an SDXL-layout UNet folder; only its down and mid blocks are read
+    unet_lora.safetensors           optional: a LoRA merged into the trunk at load
+    head.safetensors                the patch head: "0.weight" [hidden, 1280, 1, 1], "0.bias",
+                                    "2.weight" [1, hidden, 1, 1], "2.bias" (nn.Sequential's names)
+    conditioning.safetensors        "prompt_embeds" [77, 2048], "pooled_prompt_embeds" [1280],
+                                    "time_ids" [6]: the fixed SDXL conditioning
+    vae/                            optional: the SD 2.1 VAE that encodes images for score_images
 
 Paths in d3sr.json are relative to the folder (they may point outside it).
 """
@@ -45,34 +56,66 @@ GENERATOR_DEFAULTS: Dict[str, Any] = {
 
 LATENT_FORMULAS = ("epsilon", "residual")
 
+DISCRIMINATOR_DEFAULTS: Dict[str, Any] = {
+    "type": "discriminator",
+    "unet": "unet",
+    "unet_lora": None,
+    "head": "head.safetensors",
+    "head_activation": "silu",
+    "head_negative_slope": 0.2,  # leaky_relu only
+    "conditioning": "conditioning.safetensors",
+    "vae": None,
+    "scaling_factor": 0.18215,
+    "schedule": SD_SCHEDULE,
+}
 
-def read_generator_config(folder: str) -> dict:
-    """d3sr.json of a generator checkpoint, defaults filled in and checked."""
+HEAD_ACTIVATIONS = ("silu", "relu", "leaky_relu", "gelu")  # the C core's d3sr_head_activation order
+
+
+def _read_config(folder: str, kind: str, defaults: dict, paths) -> dict:
+    """d3sr.json of a checkpoint of kind, defaults filled in, paths resolved and checked."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
-    raw = read_json(os.path.join(folder, CONFIG_NAME))
-    unknown = sorted(set(raw) - set(GENERATOR_DEFAULTS))
-    if unknown:
-        raise ValueError(f"{os.path.join(folder, CONFIG_NAME)}: unknown field(s) {unknown}; "
-                         f"known: {sorted(GENERATOR_DEFAULTS)}")
-    config = {**GENERATOR_DEFAULTS, **raw}
     where = os.path.join(folder, CONFIG_NAME)
-    if config["type"] != "generator":
-        raise ValueError(f"{where}: type is {config['type']!r}, an Upscaler needs 'generator'")
-    t = config["timestep"]
-    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 999:
-        raise ValueError(f"{where}: timestep must be an integer in [0, 999], not {t!r}")
-    if config["latent_formula"] not in LATENT_FORMULAS:
-        raise ValueError(f"{where}: latent_formula must be one of {LATENT_FORMULAS}, not {config['latent_formula']!r}")
+    raw = read_json(where)
+    unknown = sorted(set(raw) - set(defaults))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(defaults)}")
+    config = {**defaults, **raw}
+    if config["type"] != kind:
+        raise ValueError(f"{where}: type is {config['type']!r}, this needs a {kind!r} checkpoint")
     if not isinstance(config["scaling_factor"], (int, float)) or not config["scaling_factor"] > 0:
         raise ValueError(f"{where}: scaling_factor must be a positive number")
     alphas_cumprod(config["schedule"])  # checks the schedule
-    for field in ("unet", "vae", "unet_lora", "vae_lora", "text_embedding"):
+    for field in paths:
         if config[field] is not None:
             path = os.path.join(folder, config[field])
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{where}: {field} names {config[field]!r}, which is missing ({path})")
             config[field] = path
+    return config
+
+
+def read_generator_config(folder: str) -> dict:
+    """d3sr.json of a generator checkpoint, defaults filled in and checked."""
+    config = _read_config(folder, "generator", GENERATOR_DEFAULTS,
+                          ("unet", "vae", "unet_lora", "vae_lora", "text_embedding"))
+    where = os.path.join(folder, CONFIG_NAME)
+    t = config["timestep"]
+    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 999:
+        raise ValueError(f"{where}: timestep must be an integer in [0, 999], not {t!r}")
+    if config["latent_formula"] not in LATENT_FORMULAS:
+        raise ValueError(f"{where}: latent_formula must be one of {LATENT_FORMULAS}, not {config['latent_formula']!r}")
+    return config
+
+
+def read_discriminator_config(folder: str) -> dict:
+    """d3sr.json of a discriminator checkpoint, defaults filled in and checked."""
+    config = _read_config(folder, "discriminator", DISCRIMINATOR_DEFAULTS,
+                          ("unet", "unet_lora", "head", "conditioning", "vae"))
+    if config["head_activation"] not in HEAD_ACTIVATIONS:
+        raise ValueError(f"{os.path.join(folder, CONFIG_NAME)}: head_activation must be one of {HEAD_ACTIVATIONS}, "
+                         f"not {config['head_activation']!r}")
     return config
 
 

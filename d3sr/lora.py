@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -115,9 +115,13 @@ class LoRA:
     def targets(self) -> set:
         return set(self.updates) | set(self.replacements)
 
-    def check_targets(self, shapes: Mapping[str, Tuple[int, ...]], what: str) -> None:
-        """Every update and replacement must match a weight of the model, shape included."""
+    def check_targets(self, shapes: Mapping[str, Tuple[int, ...]], what: str,
+                      ignore: Callable[[str], bool] = lambda name: False) -> None:
+        """Every update and replacement must match a weight of the model, shape
+        included, except those ignore() names (parts the model does not build)."""
         for name in sorted(self.targets()):
+            if ignore(name):
+                continue
             if name not in shapes:
                 raise ValueError(f"{self.source}: LoRA key '{name}' matches no weight of the {what}")
             shape = tuple(shapes[name])

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _checks
 from .checkpoint import alphas_cumprod, read_generator_config, read_text_embedding
+from .images import as_image_batch, bicubic
 from .lora import LoRA
 from .unet import UNet
 from .vae import VAE
@@ -55,13 +56,13 @@ class Upscaler:
     def upscale(self, image: np.ndarray, scale: int = 4) -> np.ndarray:
         """Super-resolves an image: H x W x 3 (or N x H x W x 3), uint8 or float32
         in [0, 1]; returns the same kind at scale times the size."""
-        images, single, is_uint8 = _as_batch(image)
+        images, single, is_uint8 = as_image_batch(image)
         if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
         n, h, w, _ = images.shape
         if h < MIN_SIDE or w < MIN_SIDE:
             raise ValueError(f"image must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {h} x {w}")
-        upsampled = _bicubic(images, scale)                           # [N, sH, sW, 3] float32 in [0, 1]
+        upsampled = bicubic(images, scale)                            # [N, sH, sW, 3] float32 in [0, 1]
         x, (out_h, out_w) = _pad(upsampled * 2 - 1, self.vae.downscale)
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))              # [N, 3, H', W'] in [-1, 1]
         z = self.vae.encode(x) * np.float32(self.scaling_factor)        # z_L
@@ -86,41 +87,6 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler(timestep={self.timestep}, latent_formula={self.latent_formula!r}, "
                 f"device={self.vae.device!r}, dtype={self.vae.dtype!r})")
-
-
-def _as_batch(image):
-    """[N, H, W, 3] float32 in [0, 1], whether one image came, whether it was uint8."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy.ndarray [H, W, 3] or [N, H, W, 3], not {type(image).__name__}")
-    if image.ndim not in (3, 4) or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape [H, W, 3] or [N, H, W, 3], got {image.shape}")
-    if image.dtype == np.uint8:
-        batch = image.astype(np.float32) / 255
-    elif image.dtype == np.float32:
-        if not np.isfinite(image).all():
-            raise ValueError("image contains NaN or Inf")
-        if image.min(initial=0) < 0 or image.max(initial=0) > 1:
-            raise ValueError(f"float32 image values must be in [0, 1], got [{image.min()}, {image.max()}]")
-        batch = image
-    else:
-        raise TypeError(f"image must be uint8 or float32 in [0, 1], not {image.dtype}")
-    single = image.ndim == 3
-    return (batch[None] if single else batch), single, image.dtype == np.uint8
-
-
-def _bicubic(images: np.ndarray, scale: int) -> np.ndarray:
-    """PIL's bicubic resize by scale, per channel in float32 ('F' mode), so
-    uint8 inputs get exactly the interpolation OSEDiff's pipeline applies,
-    without its rounding to uint8 in between."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    out = np.empty((n, h * scale, w * scale, c), np.float32)
-    for i in range(n):
-        for ch in range(c):
-            plane = Image.fromarray(np.ascontiguousarray(images[i, :, :, ch]), mode="F")
-            out[i, :, :, ch] = np.asarray(plane.resize((w * scale, h * scale), Image.BICUBIC))
-    return np.clip(out, 0, 1)
 
 
 def _pad(x: np.ndarray, multiple: int):

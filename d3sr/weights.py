@@ -146,14 +146,15 @@ def load_into(
 
     rename maps a file's key to the model's name (old checkpoint layouts;
     PEFT's `.base_layer` is always mapped back); skip drops keys of parts the
-    model does not build (never read); lora (a d3sr.LoRA) is merged into the
-    weights it targets as they pass. A key the model does not expect is an
+    model does not build (never read, and a LoRA's updates of them are
+    ignored); lora (a d3sr.LoRA) is merged into the weights it targets as
+    they pass. A key the model does not expect is an
     error naming it, as is a missing one.
     """
     expected = {name: shape for name, shape, _ in model.weights()}
     targets = set()
     if lora is not None:
-        lora.check_targets({n: s for n, s in expected.items() if not skip(n)}, what)
+        lora.check_targets(expected, what, ignore=skip)
         targets = lora.targets()
     with WeightFile(path) as f:
         for key in f.keys():

@@ -182,10 +182,15 @@ def test_geglu(shape):
     assert_close(_core.simple_op(_core.OP_GEGLU, x), xd[..., :half] * gelu_ref(xd[..., half:]), TOL, "geglu")
 
 
-def test_silu():
+@pytest.mark.parametrize("kind,ref", [
+    ("OP_SILU", lambda x: x / (1 + np.exp(-x))),
+    ("OP_RELU", lambda x: np.maximum(x, 0)),
+    ("OP_LEAKY_RELU", lambda x: np.where(x > 0, x, 0.2 * x)),
+    ("OP_GELU", gelu_ref),
+])
+def test_activations(kind, ref):
     x = (np.random.default_rng(2).standard_normal((2, 3, 4, 5)) * 10).astype(np.float32)
-    xd = x.astype(np.float64)
-    assert_close(_core.simple_op(_core.OP_SILU, x), xd / (1 + np.exp(-xd)), TOL, "silu")
+    assert_close(_core.simple_op(getattr(_core, kind), x), ref(x.astype(np.float64)), TOL, kind)
 
 
 def test_add_concat_and_channel_offset():

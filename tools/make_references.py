@@ -396,7 +396,93 @@ def make_osediff() -> None:
     print(f"wrote {folder}")
 
 
-SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator, "osediff": make_osediff}
+# ---- the discriminator ------------------------------------------------------
+
+DISCRIMINATOR = {"type": "discriminator", "unet": "../unet_sdxl", "unet_lora": "unet_lora.safetensors",
+                 "head": "head.safetensors", "head_activation": "leaky_relu", "head_negative_slope": 0.2,
+                 "conditioning": "conditioning.safetensors", "vae": "../vae_a"}
+
+
+def sdxl_trunk(unet, sample, t, context, text_embeds, time_ids):
+    """conv_in, the time and text_time embeddings, the down blocks and the mid
+    block, as UNet2DConditionModel.forward runs them."""
+    t_emb = unet.get_time_embed(sample=sample, timestep=t)
+    emb = unet.time_embedding(t_emb)
+    aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=context,
+                             added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})
+    emb = emb + aug
+    h = unet.conv_in(sample)
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, _ = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
+        else:
+            h, _ = block(hidden_states=h, temb=emb)
+    return unet.mid_block(h, emb, encoder_hidden_states=context)
+
+
+def make_discriminator() -> None:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from peft import LoraConfig
+    from safetensors.torch import load_file as load_torch
+
+    def load(cls, name):
+        config = json.load(open(os.path.join(DATA, name, "config.json")))
+        model = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+        model.load_state_dict({k: v.float() for k, v in load_torch(os.path.join(DATA, name, next(
+            f for f in os.listdir(os.path.join(DATA, name)) if f.startswith("diffusion_pytorch_model")))).items()})
+        return model
+
+    folder = os.path.join(DATA, "disc_tiny")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "d3sr.json"), "w") as f:
+        json.dump(DISCRIMINATOR, f, indent=2)
+    unet, vae = load(UNet2DConditionModel, "unet_sdxl"), load(AutoencoderKL, "vae_a")
+    # a LoRA over the whole UNet: its up-block updates must be ignored by the trunk
+    adapter = add_random_lora(unet, LoraConfig(r=2, lora_alpha=4, target_modules=["to_q", "conv1"]), seed=61)
+    save_tensors({**adapter, **{k.replace(".lora_A.weight", ".alpha"): np.array(4.0, np.float32)
+                                for k in adapter if ".lora_A." in k}}, os.path.join(folder, "unet_lora.safetensors"))
+    rng = np.random.default_rng(62)
+    cond = {"prompt_embeds": rng.standard_normal((CONTEXT_LEN, 20)).astype(np.float32),
+            "pooled_prompt_embeds": rng.standard_normal(12).astype(np.float32),
+            "time_ids": np.array([64, 96, 0, 0, 64, 96], np.float32)}
+    save_tensors(cond, os.path.join(folder, "conditioning.safetensors"))
+    head = torch.nn.Sequential(torch.nn.Conv2d(32, 16, 1), torch.nn.LeakyReLU(0.2), torch.nn.Conv2d(16, 1, 1))
+    save_tensors({k: v.detach().numpy() for k, v in head.state_dict().items()}, os.path.join(folder, "head.safetensors"))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+    def score(z, t, noise):
+        n = len(z)
+        z_t = scheduler.add_noise(torch.from_numpy(z), torch.from_numpy(noise), torch.from_numpy(t))
+        context = torch.from_numpy(cond["prompt_embeds"])[None].expand(n, -1, -1)
+        text = torch.from_numpy(cond["pooled_prompt_embeds"])[None].expand(n, -1)
+        ids = torch.from_numpy(cond["time_ids"])[None].expand(n, -1)
+        with torch.no_grad():
+            features = sdxl_trunk(unet, z_t, torch.from_numpy(t), context, text, ids)
+            store, remove = capture({"mid_block": unet.mid_block})  # the trunk agrees with the full forward
+            unet(z_t, torch.from_numpy(t), encoder_hidden_states=context,
+                 added_cond_kwargs={"text_embeds": text, "time_ids": ids})
+            remove()
+            assert np.allclose(store["mid_block"], features.numpy(), atol=1e-5)
+            logits = head(features)
+        return z_t.numpy(), features.numpy(), logits.numpy()
+
+    z = rng.standard_normal((3, 4, 8, 12)).astype(np.float32)
+    t = np.array([10, 731, 999], np.int64)
+    noise = rng.standard_normal(z.shape).astype(np.float32)
+    z_t, features, logits = score(z, t, noise)
+    images = ((testing.random_images((2, 3, 16, 24), seed=63) + 1) / 2).transpose(0, 2, 3, 1)
+    with torch.no_grad():
+        z_img = (vae.encode(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2) * 2 - 1))).latent_dist.mean
+                 * 0.18215).numpy()
+    image_noise = rng.standard_normal(z_img.shape).astype(np.float32)
+    _, _, image_logits = score(z_img, np.array([500, 500], np.int64), image_noise)
+    save_tensors({"z": z, "t": t, "noise": noise, "z_t": z_t, "features": features, "logits": logits,
+                  "images": images.astype(np.float32), "image_noise": image_noise, "image_logits": image_logits},
+                 os.path.join(folder, "reference.safetensors"))
+    print(f"wrote {folder}")
+
+
+SECTIONS = {"discriminator": make_discriminator, "vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator, "osediff": make_osediff}
 
 
 def main() -> None:

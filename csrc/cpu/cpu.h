@@ -63,7 +63,8 @@ d3sr_status cpu_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor
 d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, d3sr_tensor *out);
 d3sr_status cpu_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
 d3sr_status cpu_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
-d3sr_status cpu_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+d3sr_status cpu_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
+                           d3sr_tensor *out);
 d3sr_status cpu_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
 d3sr_status cpu_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
 d3sr_status cpu_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b, d3sr_tensor *out);

@@ -1,5 +1,5 @@
 /* elementwise.c: linear layers and the memory-bound ops: resizing, GEGLU,
- * SiLU, additions and channel concatenation. */
+ * activations, additions and channel concatenation. */
 #include <math.h>
 #include <string.h>
 
@@ -80,12 +80,26 @@ d3sr_status cpu_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
 }
 
 CPU_VECTOR_CLONES
-static void silu_span(const float *x, size_t count, float *y)
+static void activation_span(const float *x, size_t count, d3sr_activation_kind kind, float param, float *y)
 {
-    for (size_t i = 0; i < count; i++) y[i] = cpu_siluf(x[i]);
+    switch (kind) {
+    case D3SR_ACT_SILU:
+        for (size_t i = 0; i < count; i++) y[i] = cpu_siluf(x[i]);
+        break;
+    case D3SR_ACT_RELU:
+        for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+    case D3SR_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : param * x[i];
+        break;
+    case D3SR_ACT_GELU:
+        for (size_t i = 0; i < count; i++) y[i] = cpu_geluf(x[i]);
+        break;
+    }
 }
 
-d3sr_status cpu_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+d3sr_status cpu_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
+                           d3sr_tensor *out)
 {
     (void)ctx;
     const size_t count = d3sr_tensor_numel(x);
@@ -93,7 +107,7 @@ d3sr_status cpu_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
     {
         size_t i0, i1;
         cpu_share(count, &i0, &i1);
-        silu_span((const float *)x->data + i0, i1 - i0, (float *)out->data + i0);
+        activation_span((const float *)x->data + i0, i1 - i0, kind, param, (float *)out->data + i0);
     }
     return D3SR_OK;
 }

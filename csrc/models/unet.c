@@ -236,7 +236,7 @@ static d3sr_status embed_time(d3sr_ctx *ctx, const unet_call *call, d3sr_tensor 
     D3SR_CHECK(d3sr_upload(ctx, call->host_embedding, n, 1, 1, dim0, &t));            // [n, 1, 1, c0]
     D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->time_linear_1, NULL, &h));             // [n, 1, 1, ted]
     d3sr_tensor_release(ctx, &t);
-    D3SR_CHECK(d3sr_silu(ctx, &h, &t));
+    D3SR_CHECK(d3sr_activation(ctx, &h, D3SR_ACT_SILU, 0.0f, &t));
     d3sr_tensor_release(ctx, &h);
     D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->time_linear_2, NULL, &emb));           // [n, 1, 1, ted]
     d3sr_tensor_release(ctx, &t);
@@ -254,14 +254,14 @@ static d3sr_status embed_time(d3sr_ctx *ctx, const unet_call *call, d3sr_tensor 
         D3SR_CHECK(d3sr_upload(ctx, aug, n, 1, 1, width, &t));                        // [n, 1, 1, 2816]
         D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->add_linear_1, NULL, &h));
         d3sr_tensor_release(ctx, &t);
-        D3SR_CHECK(d3sr_silu(ctx, &h, &t));
+        D3SR_CHECK(d3sr_activation(ctx, &h, D3SR_ACT_SILU, 0.0f, &t));
         d3sr_tensor_release(ctx, &h);
         D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->add_linear_2, NULL, &a));           // [n, 1, 1, ted]
         d3sr_tensor_release(ctx, &t);
         D3SR_CHECK(d3sr_add_inplace(ctx, &emb, &a));
         d3sr_tensor_release(ctx, &a);
     }
-    D3SR_CHECK(d3sr_silu(ctx, &emb, temb_silu));
+    D3SR_CHECK(d3sr_activation(ctx, &emb, D3SR_ACT_SILU, 0.0f, temb_silu));
     d3sr_tensor_release(ctx, &emb);
     return D3SR_OK;
 }

@@ -41,7 +41,8 @@ struct d3sr_backend {
                               d3sr_tensor *out);
     d3sr_status (*upsample_nearest)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
     d3sr_status (*geglu)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
-    d3sr_status (*silu)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+    d3sr_status (*activation)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
+                              d3sr_tensor *out);
     d3sr_status (*add_inplace)(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
     d3sr_status (*add_channel_offset)(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
     d3sr_status (*concat_channels)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,

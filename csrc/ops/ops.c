@@ -367,11 +367,14 @@ d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
     return ctx->backend->geglu(ctx, x, out);
 }
 
-d3sr_status d3sr_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
+                            d3sr_tensor *out)
 {
+    if (kind < D3SR_ACT_SILU || kind > D3SR_ACT_GELU)
+        return d3sr_fail(D3SR_ERR_VALUE, "activation: unknown kind %d", (int)kind);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->silu(ctx, x, out);
+    return ctx->backend->activation(ctx, x, kind, param, out);
 }
 
 d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset)

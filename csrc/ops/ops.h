@@ -145,7 +145,16 @@ d3sr_status d3sr_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
  * out = a * gelu(gate) (the exact, erf-based GELU). */
 d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
 
-d3sr_status d3sr_silu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+/* Elementwise activations; param is the negative slope of leaky ReLU. */
+typedef enum {
+    D3SR_ACT_SILU,
+    D3SR_ACT_RELU,
+    D3SR_ACT_LEAKY_RELU,
+    D3SR_ACT_GELU, /* exact, erf-based */
+} d3sr_activation_kind;
+
+d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
+                            d3sr_tensor *out);
 
 /* a += b (same shape). */
 d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);

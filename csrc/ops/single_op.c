@@ -233,7 +233,10 @@ d3sr_status d3sr_single_shape(d3sr_single_kind kind, const int a[4], const int b
         if (a[i] < 1) return d3sr_fail(D3SR_ERR_VALUE, "a has an empty dimension");
     }
     switch (kind) {
-    case D3SR_SINGLE_SILU: return D3SR_OK;
+    case D3SR_SINGLE_SILU:
+    case D3SR_SINGLE_RELU:
+    case D3SR_SINGLE_LEAKY_RELU:
+    case D3SR_SINGLE_GELU: return D3SR_OK;
     case D3SR_SINGLE_GEGLU:
         if (a[3] % 2) return d3sr_fail(D3SR_ERR_VALUE, "geglu needs an even channel count, not %d", a[3]);
         out[3] = a[3] / 2;
@@ -273,7 +276,10 @@ static d3sr_status simple_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(d3sr_upload(ctx, call->a, sa[0], sa[1], sa[2], sa[3], &a));
     if (call->b) D3SR_CHECK(d3sr_upload(ctx, call->b, sb[0], sb[1], sb[2], sb[3], &b));
     switch (call->kind) {
-    case D3SR_SINGLE_SILU: D3SR_CHECK(d3sr_silu(ctx, &a, &y)); break;
+    case D3SR_SINGLE_SILU: D3SR_CHECK(d3sr_activation(ctx, &a, D3SR_ACT_SILU, 0.0f, &y)); break;
+    case D3SR_SINGLE_RELU: D3SR_CHECK(d3sr_activation(ctx, &a, D3SR_ACT_RELU, 0.0f, &y)); break;
+    case D3SR_SINGLE_LEAKY_RELU: D3SR_CHECK(d3sr_activation(ctx, &a, D3SR_ACT_LEAKY_RELU, 0.2f, &y)); break;
+    case D3SR_SINGLE_GELU: D3SR_CHECK(d3sr_activation(ctx, &a, D3SR_ACT_GELU, 0.0f, &y)); break;
     case D3SR_SINGLE_GEGLU: D3SR_CHECK(d3sr_geglu(ctx, &a, &y)); break;
     case D3SR_SINGLE_ADD: D3SR_CHECK(d3sr_add_inplace(ctx, &a, &b)); y = a; break;
     case D3SR_SINGLE_ADD_CHANNEL_OFFSET: D3SR_CHECK(d3sr_add_channel_offset(ctx, &a, &b)); y = a; break;

@@ -34,6 +34,9 @@ D3SR_API d3sr_status d3sr_single_layer_norm(const char *device, d3sr_dtype dtype
 /* Ops without weights on one or two tensors a [n, h, w, c] (and b). */
 typedef enum {
     D3SR_SINGLE_SILU,               /* silu(a) */
+    D3SR_SINGLE_RELU,               /* relu(a) */
+    D3SR_SINGLE_LEAKY_RELU,         /* leaky_relu(a), negative slope 0.2 */
+    D3SR_SINGLE_GELU,               /* gelu(a), exact */
     D3SR_SINGLE_GEGLU,              /* a = [value | gate] -> value * gelu(gate) */
     D3SR_SINGLE_ADD,                /* a + b */
     D3SR_SINGLE_ADD_CHANNEL_OFFSET, /* a + b, b [n, 1, 1, c] */

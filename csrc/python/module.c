@@ -259,6 +259,29 @@ done:
     return (PyObject *)y;
 }
 
+static PyObject *model_head_forward(ModelObject *self, PyObject *obj)
+{
+    PyArrayObject *x = float32_array(obj, "features", 4);
+    if (!x) return NULL;
+    npy_intp dims[4] = {PyArray_DIM(x, 0), 1, PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
+    PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (!y) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    const float *xd = PyArray_DATA(x);
+    float *yd = PyArray_DATA(y);
+    int n = (int)PyArray_DIM(x, 0), c = (int)PyArray_DIM(x, 1), h = (int)PyArray_DIM(x, 2), w = (int)PyArray_DIM(x, 3);
+    d3sr_status status;
+    RUN_LOCKED(self, d3sr_head_forward(self->model, xd, n, c, h, w, yd));
+    Py_DECREF(x);
+    if (status != D3SR_OK) {
+        Py_DECREF(y);
+        return raise_status(status);
+    }
+    return (PyObject *)y;
+}
+
 static PyObject *model_set_capture(ModelObject *self, PyObject *arg)
 {
     int enabled = PyObject_IsTrue(arg);
@@ -309,6 +332,7 @@ static PyMethodDef model_methods[] = {
     {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
     {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
+    {"head_forward", (PyCFunction)model_head_forward, METH_O, "head_forward(features [N, C, h, w]) -> logits [N, 1, h, w]"},
     {"unet_forward", (PyCFunction)(void (*)(void))model_unet_forward, METH_VARARGS | METH_KEYWORDS,
      "unet_forward(sample, timesteps [N], encoder_hidden_states [N, L, D], text_embeds=None, time_ids=None)"},
     {NULL, NULL, 0, NULL},
@@ -467,6 +491,25 @@ static PyObject *py_unet_create(PyObject *module, PyObject *args, PyObject *kwar
     Py_BEGIN_ALLOW_THREADS
     status = d3sr_unet_create(&c, trunk_only, device, dtype, &model);
     Py_END_ALLOW_THREADS
+    if (status != D3SR_OK) return raise_status(status);
+    return wrap_model(model);
+}
+
+static PyObject *py_head_create(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"in_channels", "hidden", "activation", "negative_slope", "device", "dtype", NULL};
+    d3sr_head_config cfg = {0, 0, D3SR_HEAD_SILU, 0.2f};
+    int activation = 0;
+    const char *device = "cpu", *dtype_name = "fp32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iii|fss", keywords, &cfg.in_channels, &cfg.hidden, &activation,
+                                     &cfg.negative_slope, &device, &dtype_name))
+        return NULL;
+    cfg.activation = (d3sr_head_activation)activation;
+    d3sr_dtype dtype;
+    if (parse_dtype(dtype_name, &dtype)) return NULL;
+    d3sr_model *model;
+    d3sr_status status = d3sr_head_create(&cfg, device, dtype, &model);
     if (status != D3SR_OK) return raise_status(status);
     return wrap_model(model);
 }
@@ -772,6 +815,8 @@ static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"vae_create", (PyCFunction)(void (*)(void))py_vae_create, METH_VARARGS | METH_KEYWORDS,
      "vae_create(config: dict, parts: int, device='cpu', dtype='fp32') -> Model"},
+    {"head_create", (PyCFunction)(void (*)(void))py_head_create, METH_VARARGS | METH_KEYWORDS,
+     "head_create(in_channels, hidden, activation, negative_slope=0.2, device='cpu', dtype='fp32') -> Model"},
     {"unet_create", (PyCFunction)(void (*)(void))py_unet_create, METH_VARARGS | METH_KEYWORDS,
      "unet_create(config: dict, trunk_only=False, device='cpu', dtype='fp32') -> Model"},
     {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
@@ -815,6 +860,9 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "VAE_ENCODER", D3SR_VAE_ENCODER) < 0 ||
         PyModule_AddIntConstant(m, "VAE_DECODER", D3SR_VAE_DECODER) < 0 ||
         PyModule_AddIntConstant(m, "OP_SILU", D3SR_SINGLE_SILU) < 0 ||
+        PyModule_AddIntConstant(m, "OP_RELU", D3SR_SINGLE_RELU) < 0 ||
+        PyModule_AddIntConstant(m, "OP_LEAKY_RELU", D3SR_SINGLE_LEAKY_RELU) < 0 ||
+        PyModule_AddIntConstant(m, "OP_GELU", D3SR_SINGLE_GELU) < 0 ||
         PyModule_AddIntConstant(m, "OP_GEGLU", D3SR_SINGLE_GEGLU) < 0 ||
         PyModule_AddIntConstant(m, "OP_ADD", D3SR_SINGLE_ADD) < 0 ||
         PyModule_AddIntConstant(m, "OP_ADD_CHANNEL_OFFSET", D3SR_SINGLE_ADD_CHANNEL_OFFSET) < 0 ||

@@ -1,0 +1,213 @@
+"""d3sr against diffusers/PyTorch on the CPU: same weights, same threads, one run.
+
+    python benchmarks/cpu.py [--tasks vae_decode,vae_encode,unet,generator] \
+        [--torch-python PATH] [--threads 2] [--runs 3] [--size 512]
+
+Tasks, on the real SD 2.1-base architectures with seeded random weights
+(d3sr/testing.py draws the same weights for both engines):
+  vae_decode  a size/8 latent to a size x size image
+  vae_encode  a size x size image to its latent mean
+  unet        the SD 2.1-base UNet at a size/8 latent, t = 399, a 77-token context
+  generator   the whole one-step generator, size/4 input -> size output (x4)
+Each (engine, task) runs in its own process, so its peak RSS is its own: one
+warm-up call, then --runs timed calls; the median is reported with the ratio
+d3sr / PyTorch and the relative L2 difference of the outputs. torch and
+diffusers may live in another interpreter (--torch-python); d3sr must be
+importable by this one. OpenBLAS's kernel choice (OPENBLAS_CORETYPE) is printed:
+it decides d3sr's matrix-product speed and does not affect PyTorch's.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = ("vae_decode", "vae_encode", "unet", "generator")
+TIMESTEP = 399
+
+
+def load_testing():
+    spec = importlib.util.spec_from_file_location("d3sr_testing", os.path.join(ROOT, "d3sr", "testing.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def task_inputs(task, size):
+    """The input arrays of a task, the same in both engines."""
+    import numpy as np
+
+    testing = load_testing()
+    rng = np.random.default_rng(1)
+    if task == "vae_encode":
+        return {"x": testing.random_images((1, 3, size, size), seed=1)}
+    if task == "vae_decode":
+        return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)}
+    context = rng.standard_normal((1, 77, 1024)).astype(np.float32)
+    if task == "unet":
+        return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32), "context": context}
+    image = (testing.random_images((1, 3, size // 4, size // 4), seed=1)[0].transpose(1, 2, 0) + 1) / 2
+    return {"image": image.astype(np.float32), "context": context}
+
+
+def d3sr_engine(task, inputs):
+    import d3sr
+    import numpy as np
+
+    testing = load_testing()
+    vae_config, unet_config = testing.real_config("sd21-vae"), testing.real_config("sd21-base-unet")
+
+    def vae(parts):
+        # the whole model's draw (the draw order is over all names), this part's weights
+        weights = testing.random_weights(d3sr.VAE.from_config(vae_config).weight_shapes(), seed=0)
+        model = d3sr.VAE.from_config(vae_config, parts=parts)
+        model.load_weights({name: weights[name] for name in model.weight_shapes()})
+        return model
+
+    def unet():
+        model = d3sr.UNet.from_config(unet_config)
+        for name, array in testing.iter_random_weights(model.weight_shapes(), seed=2):
+            model._model.set_weight(name, array)
+        return model
+
+    if task == "vae_encode":
+        return vae(("encoder",)).encode, inputs["x"]
+    if task == "vae_decode":
+        return vae(("decoder",)).decode, inputs["z"]
+    if task == "unet":
+        model = unet()
+        return (lambda z: model(z, TIMESTEP, inputs["context"])), inputs["z"]
+    upscaler = d3sr.Upscaler(vae(("encoder", "decoder")), unet(), inputs["context"][0],
+                             {**d3sr.checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
+    return (lambda image: upscaler.upscale(image, scale=4)), inputs["image"]
+
+
+def torch_engine(task, inputs):
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    testing = load_testing()
+
+    def build(cls, config, seed):
+        model = cls.from_config(config).eval()
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        for name, array in testing.iter_random_weights(shapes, seed=seed):
+            model.get_parameter(name).data = torch.from_numpy(array)
+        return model
+
+    vae = build(AutoencoderKL, testing.real_config("sd21-vae"), 0) if task != "unet" else None
+    unet = build(UNet2DConditionModel, testing.real_config("sd21-base-unet"), 2) if task in ("unet", "generator") \
+        else None
+    context = torch.from_numpy(inputs["context"]) if "context" in inputs else None
+    t = torch.tensor([TIMESTEP])
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    abar = float(np.cumprod(1 - betas)[TIMESTEP])
+
+    def generator(image):
+        from PIL import Image
+
+        h, w, _ = image.shape  # the same preprocessing as d3sr's: PIL bicubic per channel, float32
+        up = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c]), mode="F").resize(
+            (4 * w, 4 * h), Image.BICUBIC)) for c in range(3)], -1).clip(0, 1) * 2 - 1
+        x = torch.from_numpy(np.ascontiguousarray(up.transpose(2, 0, 1)[None], dtype=np.float32))
+        z = vae.encode(x).latent_dist.mean * 0.18215
+        eps = unet(z, t, encoder_hidden_states=context).sample
+        z_h = ((z.double() - (1 - abar) ** 0.5 * eps.double()) / abar ** 0.5).float()
+        out = vae.decode(z_h / 0.18215).sample.clamp(-1, 1)
+        return ((out[0].permute(1, 2, 0) + 1) / 2)
+
+    def run(x):
+        with torch.inference_mode():
+            if task == "vae_encode":
+                return vae.encode(torch.from_numpy(x)).latent_dist.mean.numpy()
+            if task == "vae_decode":
+                return vae.decode(torch.from_numpy(x)).sample.numpy()
+            if task == "unet":
+                return unet(torch.from_numpy(x), t, encoder_hidden_states=context).sample.numpy()
+            return generator(x).numpy()
+
+    key = {"vae_encode": "x", "vae_decode": "z", "unet": "z", "generator": "image"}[task]
+    return run, inputs[key]
+
+
+def child(engine, task, size, runs, threads):
+    """Runs in a subprocess: builds the model, times it, prints one JSON line."""
+    import numpy as np
+
+    inputs = task_inputs(task, size)
+    if engine == "d3sr":
+        import d3sr
+        import scipy_openblas32
+
+        d3sr.set_num_threads(threads)
+        fn, x = d3sr_engine(task, inputs)
+        info = {"blas": scipy_openblas32.get_openblas_config().strip()}
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        fn, x = torch_engine(task, inputs)
+        info = {"torch": torch.__version__}
+    out = fn(x)  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = fn(x)
+        times.append(time.perf_counter() - start)
+    np.save(os.environ["D3SR_BENCH_OUT"], np.asarray(out, np.float32))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"times": times, "peak_rss_mib": peak, **info}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--torch-python", default=sys.executable, help="interpreter with torch and diffusers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512, help="output image side in pixels (multiple of 64)")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--child", nargs=2, metavar=("ENGINE", "TASK"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child[0], args.child[1], args.size, args.runs, args.threads)
+
+    import numpy as np
+
+    tasks = args.tasks.split(",")
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        sys.exit(f"unknown tasks {sorted(unknown)}; known: {TASKS}")
+    print(f"SD 2.1-base, {args.size}x{args.size} output, {args.threads} threads, median of {args.runs} after a warm-up")
+    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    rows, info = [], {}
+    for task in tasks:
+        results, outputs = {}, {}
+        for engine, python in (("d3sr", sys.executable), ("torch", args.torch_python)):
+            out_path = os.path.join("/tmp", f"d3sr_bench_{engine}_{task}.npy")
+            env = dict(os.environ, D3SR_BENCH_OUT=out_path)
+            cmd = [python, os.path.abspath(__file__), "--child", engine, task, "--size", str(args.size),
+                   "--runs", str(args.runs), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                sys.exit(f"{engine} {task} failed:\n{proc.stderr}")
+            results[engine] = json.loads(proc.stdout.strip().splitlines()[-1])
+            outputs[engine] = np.load(out_path)
+            info.update({k: v for k, v in results[engine].items() if k in ("blas", "torch")})
+        a, b = outputs["d3sr"].astype(np.float64), outputs["torch"].astype(np.float64)
+        err = np.linalg.norm(a - b) / np.linalg.norm(b)
+        ours, theirs = (statistics.median(results[e]["times"]) for e in ("d3sr", "torch"))
+        rows.append((task, ours, theirs, results["d3sr"]["peak_rss_mib"], results["torch"]["peak_rss_mib"], err))
+    print(f"d3sr: {info.get('blas')}; torch {info.get('torch')}")
+    print(f"{'task':11} {'d3sr s':>8} {'torch s':>8} {'ratio':>6} {'d3sr MiB':>9} {'torch MiB':>9} {'rel. L2':>9}")
+    for task, ours, theirs, rss_ours, rss_theirs, err in rows:
+        print(f"{task:11} {ours:8.2f} {theirs:8.2f} {ours / theirs:6.2f} {rss_ours:9.0f} {rss_theirs:9.0f} {err:9.1e}")
+
+
+if __name__ == "__main__":
+    main()
