@@ -2,6 +2,7 @@
 
     d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32]
     d3sr make-checkpoint --sd DIR --text-embedding FILE -o DIR [--unet-lora F] [--vae-lora F] ...
+    d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
     d3sr convert-osediff MODEL.pkl -o DIR
     d3sr demo [--size 128] [--tiny]
 """
@@ -78,6 +79,17 @@ def cmd_make_checkpoint(args) -> int:
     return 0
 
 
+def cmd_make_discriminator(args) -> int:
+    from .tools import make_discriminator_checkpoint
+
+    path = make_discriminator_checkpoint(args.output, sdxl=args.sdxl, conditioning=args.conditioning, lora=args.lora,
+                                         head=args.head, head_hidden=args.head_hidden,
+                                         head_activation=args.head_activation, seed=args.seed, vae=args.vae,
+                                         link=args.link)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_convert_osediff(args) -> int:
     from .tools import convert_osediff
 
@@ -118,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="checkpoint folder to create")
     p.set_defaults(run=cmd_make_checkpoint)
 
+    p = sub.add_parser("make-discriminator", help="assemble a discriminator checkpoint folder")
+    p.add_argument("--sdxl", required=True, help="an SDXL-base diffusers folder (with unet/)")
+    p.add_argument("--conditioning", help=".safetensors: prompt_embeds, pooled_prompt_embeds, time_ids (default zeros)")
+    p.add_argument("--lora", help="LoRA for the trunk (file or PEFT folder)")
+    p.add_argument("--head", help="a trained head (.safetensors); default: a fresh one")
+    p.add_argument("--head-hidden", type=int, default=256, help="hidden width of a fresh head")
+    p.add_argument("--head-activation", default="silu", choices=("silu", "relu", "leaky_relu", "gelu"))
+    p.add_argument("--seed", type=int, default=0, help="seed of a fresh head")
+    p.add_argument("--vae", help="an SD 2.1 vae/ folder, to score images")
+    p.add_argument("--link", action="store_true", help="symlink model folders instead of copying them")
+    p.add_argument("-o", "--output", required=True, help="checkpoint folder to create")
+    p.set_defaults(run=cmd_make_discriminator)
+
     p = sub.add_parser("convert-osediff", help="convert an OSEDiff LoRA .pkl into safetensors LoRA files")
     p.add_argument("pkl", help="OSEDiff's saved model (a torch pickle)")
     p.add_argument("-o", "--output", required=True, help="folder for unet_lora.safetensors and vae_lora.safetensors")
@@ -136,7 +161,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, MemoryError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
         print(f"d3sr {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -54,7 +54,8 @@ def random_weights(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> Dict[s
 def write_safetensors(path: str, shapes: Mapping[str, Sequence[int]], tensors: Iterable[Tuple[str, np.ndarray]]) -> None:
     """Writes float32 tensors to a .safetensors file one at a time (never the
     whole model in memory): shapes gives every name and shape up front, tensors
-    yields (name, array) in any order."""
+    yields (name, array) in any order. Tensors it never yields stay holes of
+    zeros (sparse on disk)."""
     offsets, offset = {}, 0
     for name in shapes:
         size = int(np.prod(shapes[name])) * 4
@@ -70,6 +71,7 @@ def write_safetensors(path: str, shapes: Mapping[str, Sequence[int]], tensors: I
         for name, array in tensors:
             f.seek(start + offsets[name][0])
             f.write(np.ascontiguousarray(array, "<f4").tobytes())
+        f.truncate(start + offset)
 
 
 def random_images(shape: Sequence[int], seed: int = 0) -> np.ndarray:

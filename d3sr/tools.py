@@ -41,13 +41,7 @@ def make_generator_checkpoint(output: str, *, sd: str, text_embedding: str, unet
         embedding = read_text_embedding(text_embedding, width=_config_width(sd))
     os.makedirs(output, exist_ok=True)
     for part in ("unet", "vae"):
-        target = os.path.join(output, part)
-        if os.path.lexists(target):
-            raise FileExistsError(f"{target} exists; choose an empty output folder")
-        if link:
-            os.symlink(os.path.abspath(os.path.join(sd, part)), target)
-        else:
-            shutil.copytree(os.path.join(sd, part), target)
+        _copy_or_link(os.path.join(sd, part), os.path.join(output, part), link)
     save_file({"prompt_embeds": np.ascontiguousarray(embedding)}, os.path.join(output, "text_embedding.safetensors"))
     config = dict(GENERATOR_DEFAULTS, timestep=timestep, latent_formula=latent_formula)
     for field, source in (("unet_lora", unet_lora), ("vae_lora", vae_lora)):
@@ -56,6 +50,66 @@ def make_generator_checkpoint(output: str, *, sd: str, text_embedding: str, unet
             (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, os.path.join(output, name))
             config[field] = name
     return write_config(output, config)
+
+
+def make_discriminator_checkpoint(output: str, *, sdxl: str, conditioning: Optional[str] = None,
+                                  lora: Optional[str] = None, head: Optional[str] = None, head_hidden: int = 256,
+                                  head_activation: str = "silu", seed: int = 0, vae: Optional[str] = None,
+                                  link: bool = False) -> str:
+    """Assembles a discriminator checkpoint folder from an SDXL-base diffusers
+    folder (its unet/ is copied, or symlinked with link; only its trunk is ever
+    read), an optional LoRA, a head (a .safetensors file, or a fresh one of
+    head_hidden units drawn from seed as PyTorch initialises Conv2d), the fixed
+    conditioning (.safetensors with prompt_embeds [77, 2048],
+    pooled_prompt_embeds [1280], time_ids [6]; zeros and 512x512 time_ids when
+    not given) and optionally an SD 2.1 vae/ folder for scoring images.
+    Returns the path of the d3sr.json written."""
+    from safetensors.numpy import save_file
+
+    from .checkpoint import DISCRIMINATOR_DEFAULTS, HEAD_ACTIVATIONS
+    from .discriminator import init_head
+    from .weights import read_json
+
+    unet_config = read_json(os.path.join(sdxl, "unet", "config.json"))
+    if head_activation not in HEAD_ACTIVATIONS:
+        raise ValueError(f"head_activation must be one of {HEAD_ACTIVATIONS}, not {head_activation!r}")
+    os.makedirs(output, exist_ok=True)
+    _copy_or_link(os.path.join(sdxl, "unet"), os.path.join(output, "unet"), link)
+    config = dict(DISCRIMINATOR_DEFAULTS, head_activation=head_activation)
+    if head:
+        shutil.copy(head, os.path.join(output, "head.safetensors"))
+    else:
+        save_file(init_head(unet_config["block_out_channels"][-1], head_hidden, seed),
+                  os.path.join(output, "head.safetensors"))
+    if conditioning:
+        shutil.copy(conditioning, os.path.join(output, "conditioning.safetensors"))
+    else:
+        text_dim = (unet_config.get("projection_class_embeddings_input_dim") or 0) - \
+            6 * (unet_config.get("addition_time_embed_dim") or 0)
+        zeros = {"prompt_embeds": np.zeros((77, unet_config["cross_attention_dim"]), np.float32)}
+        if unet_config.get("addition_embed_type") == "text_time":
+            zeros.update(pooled_prompt_embeds=np.zeros(text_dim, np.float32),
+                         time_ids=np.array([512, 512, 0, 0, 512, 512], np.float32))
+        save_file(zeros, os.path.join(output, "conditioning.safetensors"))
+    if lora:
+        name = "unet_lora" if os.path.isdir(lora) else "unet_lora.safetensors"
+        (shutil.copytree if os.path.isdir(lora) else shutil.copy)(lora, os.path.join(output, name))
+        config["unet_lora"] = name
+    if vae:
+        _copy_or_link(vae, os.path.join(output, "vae"), link)
+        config["vae"] = "vae"
+    return write_config(output, config)
+
+
+def _copy_or_link(source: str, target: str, link: bool) -> None:
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise FileNotFoundError(f"{source} has no config.json: expected a diffusers model folder")
+    if os.path.lexists(target):
+        raise FileExistsError(f"{target} exists; choose an empty output folder")
+    if link:
+        os.symlink(os.path.abspath(source), target)
+    else:
+        shutil.copytree(source, target)
 
 
 def _config_width(sd: str) -> int:

@@ -80,3 +80,41 @@ def test_sdxl_unet_runs_with_text_time_conditioning():
     assert result["weights"] == 4 * 2_567_463_684
     assert result["shape"] == [1, 4, 8, 8] and result["finite"]
     assert result["loading"] <= 1.3 * result["weights"]
+
+
+def test_sdxl_discriminator_reads_only_the_trunk_and_scores_a_64x64_latent(tmp_path):
+    """A full SDXL-base UNet file (10.3 GB of float32 as the header says, written
+    sparse: the up blocks are holes) loads as a trunk of 1.24 B parameters."""
+    from safetensors.numpy import save_file
+
+    from d3sr.checkpoint import DISCRIMINATOR_DEFAULTS, write_config
+    from d3sr.discriminator import init_head
+
+    config = real_config("sdxl-base-unet")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
+    full = d3sr.UNet.from_config(config).weight_shapes()
+    trunk = d3sr.UNet.from_config(config, trunk_only=True).weight_shapes()
+    path = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    write_safetensors(str(path), full, iter_random_weights(trunk, seed=3))
+    save_file(init_head(1280, 256, seed=0), str(tmp_path / "head.safetensors"))
+    save_file({"prompt_embeds": np.zeros((77, 2048), np.float32), "pooled_prompt_embeds": np.zeros(1280, np.float32),
+               "time_ids": np.array([512, 512, 0, 0, 512, 512], np.float32)}, str(tmp_path / "conditioning.safetensors"))
+    write_config(str(tmp_path), DISCRIMINATOR_DEFAULTS)
+    try:
+        result = run_child(f"""
+            from d3sr.discriminator import Discriminator
+            before = peak_bytes()
+            disc = Discriminator.load({str(tmp_path)!r})
+            loading = peak_bytes() - before
+            z = np.random.default_rng(0).standard_normal((1, 4, 64, 64)).astype(np.float32)
+            logits = disc.score_latents(z, 500, seed=0)
+            print(json.dumps({{"loading": loading, "weights": disc.trunk.memory()["weights"],
+                              "shape": list(logits.shape), "finite": bool(np.isfinite(logits).all())}}))
+        """)
+    finally:
+        path.unlink()
+    assert result["weights"] == 4 * sum(int(np.prod(s)) for s in trunk.values())
+    assert result["weights"] < 0.5 * 4 * sum(int(np.prod(s)) for s in full.values())
+    assert result["shape"] == [1, 1, 16, 16] and result["finite"]
+    assert result["loading"] <= 1.3 * result["weights"]

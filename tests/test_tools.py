@@ -104,3 +104,18 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
 def test_demo_runs_the_tiny_pipeline(tmp_path, capsys):
     assert main(["demo", "--tiny", "--size", "16", "-o", str(tmp_path / "demo.png")]) == 0
     assert read_image(str(tmp_path / "demo.png")).shape == (64, 64, 3)
+
+
+def test_make_discriminator_with_a_fresh_head(tmp_path):
+    from d3sr.discriminator import Discriminator
+
+    sdxl = tmp_path / "sdxl"
+    shutil.copytree(os.path.join(DATA, "unet_sdxl"), sdxl / "unet")
+    assert main(["make-discriminator", "--sdxl", str(sdxl), "--head-hidden", "8", "--seed", "5",
+                 "--vae", os.path.join(DATA, "vae_a"), "--lora", os.path.join(DATA, "disc_tiny", "unet_lora.safetensors"),
+                 "-o", str(tmp_path / "disc")]) == 0
+    disc = Discriminator.load(str(tmp_path / "disc"))
+    assert disc.head.hidden == 8 and disc.head.in_channels == 32
+    np.testing.assert_array_equal(disc.conditioning["time_ids"], [512, 512, 0, 0, 512, 512])
+    logits = disc.score_images(np.zeros((16, 16, 3), np.uint8), 100, seed=0)
+    assert logits.shape == (1, 1, 2, 2) and np.isfinite(logits).all()
