@@ -9,6 +9,8 @@ Tasks, on the real SD 2.1-base architectures with seeded random weights
   vae_encode  a size x size image to its latent mean
   unet        the SD 2.1-base UNet at a size/8 latent, t = 399, a 77-token context
   generator   the whole one-step generator, size/4 input -> size output (x4)
+  disc_trunk  the discriminator's SDXL-base trunk (down and mid blocks) on a batch
+              of 2 latents of size/8, t = 500, with the text_time conditioning
 Each (engine, task) runs in its own process, so its peak RSS is its own: one
 warm-up call, then --runs timed calls; the median is reported with the ratio
 d3sr / PyTorch and the relative L2 difference of the outputs. torch and
@@ -27,8 +29,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ("vae_decode", "vae_encode", "unet", "generator")
+TASKS = ("vae_decode", "vae_encode", "unet", "generator", "disc_trunk")
 TIMESTEP = 399
+DISC_TIMESTEP = 500
 
 
 def load_testing():
@@ -48,6 +51,11 @@ def task_inputs(task, size):
         return {"x": testing.random_images((1, 3, size, size), seed=1)}
     if task == "vae_decode":
         return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)}
+    if task == "disc_trunk":
+        return {"z": rng.standard_normal((2, 4, size // 8, size // 8)).astype(np.float32),
+                "context": rng.standard_normal((2, 77, 2048)).astype(np.float32),
+                "text_embeds": rng.standard_normal((2, 1280)).astype(np.float32),
+                "time_ids": np.tile(np.array([[size, size, 0, 0, size, size]], np.float32), (2, 1))}
     context = rng.standard_normal((1, 77, 1024)).astype(np.float32)
     if task == "unet":
         return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32), "context": context}
@@ -82,6 +90,12 @@ def d3sr_engine(task, inputs):
     if task == "unet":
         model = unet()
         return (lambda z: model(z, TIMESTEP, inputs["context"])), inputs["z"]
+    if task == "disc_trunk":
+        trunk = d3sr.UNet.from_config(testing.real_config("sdxl-base-unet"), trunk_only=True)
+        for name, array in testing.iter_random_weights(trunk.weight_shapes(), seed=3):
+            trunk._model.set_weight(name, array)
+        return (lambda z: trunk(z, DISC_TIMESTEP, inputs["context"], inputs["text_embeds"], inputs["time_ids"])), \
+            inputs["z"]
     upscaler = d3sr.Upscaler(vae(("encoder", "decoder")), unet(), inputs["context"][0],
                              {**d3sr.checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
     return (lambda image: upscaler.upscale(image, scale=4)), inputs["image"]
@@ -101,6 +115,8 @@ def torch_engine(task, inputs):
             model.get_parameter(name).data = torch.from_numpy(array)
         return model
 
+    if task == "disc_trunk":
+        return sdxl_trunk_engine(inputs)
     vae = build(AutoencoderKL, testing.real_config("sd21-vae"), 0) if task != "unet" else None
     unet = build(UNet2DConditionModel, testing.real_config("sd21-base-unet"), 2) if task in ("unet", "generator") \
         else None
@@ -134,6 +150,40 @@ def torch_engine(task, inputs):
 
     key = {"vae_encode": "x", "vae_decode": "z", "unet": "z", "generator": "image"}[task]
     return run, inputs[key]
+
+
+def sdxl_trunk_engine(inputs):
+    """diffusers' SDXL-base UNet run as its forward does up to the mid block;
+    the up blocks are dropped before timing (as d3sr never builds them)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    testing = load_testing()
+    model = UNet2DConditionModel.from_config(testing.real_config("sdxl-base-unet")).eval()
+    trunk_names = [k for k in model.state_dict() if not k.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))]
+    model.up_blocks, model.conv_norm_out, model.conv_out = None, None, None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(shapes) == sorted(trunk_names)
+    for name, array in testing.iter_random_weights(shapes, seed=3):  # the same draw as d3sr's
+        model.get_parameter(name).data = torch.from_numpy(array)
+    t = torch.tensor([DISC_TIMESTEP] * 2)
+    context, text, ids = (torch.from_numpy(inputs[k]) for k in ("context", "text_embeds", "time_ids"))
+
+    def run(z):
+        with torch.inference_mode():
+            sample = torch.from_numpy(z)
+            emb = model.time_embedding(model.get_time_embed(sample=sample, timestep=t))
+            emb = emb + model.get_aug_embed(emb=emb, encoder_hidden_states=context,
+                                            added_cond_kwargs={"text_embeds": text, "time_ids": ids})
+            h = model.conv_in(sample)
+            for block in model.down_blocks:
+                if getattr(block, "has_cross_attention", False):
+                    h, _ = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
+                else:
+                    h, _ = block(hidden_states=h, temb=emb)
+            return model.mid_block(h, emb, encoder_hidden_states=context).numpy()
+
+    return run, inputs["z"]
 
 
 def child(engine, task, size, runs, threads):

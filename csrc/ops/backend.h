@@ -51,4 +51,21 @@ struct d3sr_backend {
 
 extern const d3sr_backend d3sr_cpu_backend;
 
+/* What a backend in its own shared object (the CUDA one) needs from the core.
+ * The core's symbols are hidden and libraries loaded after it cannot see
+ * them, so the core hands these over when it loads the backend: errors go to
+ * the same thread-local message, scratch to the same per-model workspace. */
+#define D3SR_BACKEND_ABI 1
+
+typedef struct {
+    int abi;                                                    /* D3SR_BACKEND_ABI of the core */
+    d3sr_status (*fail)(d3sr_status status, const char *fmt, ...);
+    d3sr_status (*workspace)(d3sr_ctx *ctx, size_t bytes, void **out);
+    int (*threads)(void);                                       /* host threads for host-side work */
+} d3sr_core_services;
+
+/* libd3sr_cuda.so exports d3sr_cuda_backend of this type. It returns its table,
+ * or NULL with why filled in (no driver, no device, ABI mismatch). */
+typedef const d3sr_backend *(*d3sr_backend_entry)(const d3sr_core_services *core, char *why, size_t why_size);
+
 #endif /* D3SR_OPS_BACKEND_H */

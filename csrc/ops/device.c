@@ -8,12 +8,16 @@
 #include <string.h>
 
 #include "../core/status.h"
+#include "../core/threads.h"
 
 #define CUDA_LIBRARY "libd3sr_cuda.so"
 
-/* The CUDA backend library exports this; it returns NULL and fills why when no
- * device can be used (no driver, no device). */
-typedef const d3sr_backend *(*cuda_entry_fn)(char *why, size_t why_size);
+static const d3sr_core_services core_services = {
+    .abi = D3SR_BACKEND_ABI,
+    .fail = d3sr_fail,
+    .workspace = d3sr_workspace,
+    .threads = d3sr_threads,
+};
 
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 static const d3sr_backend *cuda_backend;
@@ -43,12 +47,12 @@ static void load_cuda(void)
             snprintf(cuda_why, sizeof cuda_why, "the CUDA backend failed to load: %s", err ? err : "unknown error");
         return;
     }
-    cuda_entry_fn entry = (cuda_entry_fn)dlsym(lib, "d3sr_cuda_backend");
+    d3sr_backend_entry entry = (d3sr_backend_entry)dlsym(lib, "d3sr_cuda_backend");
     if (!entry) {
         snprintf(cuda_why, sizeof cuda_why, "%s lacks d3sr_cuda_backend; rebuild d3sr", path);
         return;
     }
-    cuda_backend = entry(cuda_why, sizeof cuda_why);
+    cuda_backend = entry(&core_services, cuda_why, sizeof cuda_why);
 }
 
 int d3sr_device_cuda_available(const char **why)
