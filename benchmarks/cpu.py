@@ -65,7 +65,6 @@ def task_inputs(task, size):
 
 def d3sr_engine(task, inputs):
     import d3sr
-    import numpy as np
 
     testing = load_testing()
     vae_config, unet_config = testing.real_config("sd21-vae"), testing.real_config("sd21-base-unet")
@@ -153,17 +152,19 @@ def torch_engine(task, inputs):
 
 
 def sdxl_trunk_engine(inputs):
-    """diffusers' SDXL-base UNet run as its forward does up to the mid block;
-    the up blocks are dropped before timing (as d3sr never builds them)."""
+    """diffusers' SDXL-base UNet run as its forward does up to the mid block
+    (tools/make_references.py's sdxl_trunk); the up blocks are dropped before
+    timing, as d3sr never builds them."""
     import torch
     from diffusers import UNet2DConditionModel
 
     testing = load_testing()
+    spec = importlib.util.spec_from_file_location("make_references", os.path.join(ROOT, "tools", "make_references.py"))
+    references = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(references)
     model = UNet2DConditionModel.from_config(testing.real_config("sdxl-base-unet")).eval()
-    trunk_names = [k for k in model.state_dict() if not k.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))]
     model.up_blocks, model.conv_norm_out, model.conv_out = None, None, None
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert sorted(shapes) == sorted(trunk_names)
     for name, array in testing.iter_random_weights(shapes, seed=3):  # the same draw as d3sr's
         model.get_parameter(name).data = torch.from_numpy(array)
     t = torch.tensor([DISC_TIMESTEP] * 2)
@@ -171,17 +172,7 @@ def sdxl_trunk_engine(inputs):
 
     def run(z):
         with torch.inference_mode():
-            sample = torch.from_numpy(z)
-            emb = model.time_embedding(model.get_time_embed(sample=sample, timestep=t))
-            emb = emb + model.get_aug_embed(emb=emb, encoder_hidden_states=context,
-                                            added_cond_kwargs={"text_embeds": text, "time_ids": ids})
-            h = model.conv_in(sample)
-            for block in model.down_blocks:
-                if getattr(block, "has_cross_attention", False):
-                    h, _ = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
-                else:
-                    h, _ = block(hidden_states=h, temb=emb)
-            return model.mid_block(h, emb, encoder_hidden_states=context).numpy()
+            return references.sdxl_trunk(model, torch.from_numpy(z), t, context, text, ids).numpy()
 
     return run, inputs["z"]
 

@@ -8,12 +8,12 @@
 """
 from __future__ import annotations
 
-import os
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 
 from . import _checks
+from ._model import CoreModel
 from ._native import _core
 from .checkpoint import HEAD_ACTIVATIONS, alphas_cumprod, read_discriminator_config
 from .lora import LoRA
@@ -25,7 +25,7 @@ from .weights import WeightFile, bf16_to_float32
 PATCH = 4  # latent pixels per logit in each direction (SDXL's trunk downsamples twice)
 
 
-class PatchHead:
+class PatchHead(CoreModel):
     """The per-location MLP: features [N, C, h, w] -> logits [N, 1, h, w]."""
 
     def __init__(self, in_channels: int, hidden: int, activation: str = "silu", negative_slope: float = 0.2, *,
@@ -52,20 +52,10 @@ class PatchHead:
                 tensors[key] = bf16_to_float32(array) if bf16 else array
         head = cls(shape[1], shape[0], activation, negative_slope, device=device, dtype=dtype)
         try:
-            for key, array in tensors.items():
-                head._model.set_weight(key, array)
-            head._model.check_complete()
+            head.load_weights(tensors)
         except (ValueError, TypeError) as e:
             raise type(e)(f"{path}: {e}") from None
         return head
-
-    def weight_shapes(self):
-        return {name: shape for name, shape, _ in self._model.weights()}
-
-    def load_weights(self, weights) -> None:
-        for name, array in weights.items():
-            self._model.set_weight(name, array)
-        self._model.check_complete()
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         _checks.float32_array(features, "features", 4, "[N, C, h, w]")

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from . import _checks
+from ._model import CoreModel
 from ._native import _core
 from .lora import as_lora
-from .weights import find_weight_file, load_arrays, load_into, read_json
+from .weights import find_weight_file, load_into, read_json
 
 _DOWN_TYPES = {"CrossAttnDownBlock2D": 1, "DownBlock2D": 0}
 _UP_TYPES = {"CrossAttnUpBlock2D": 1, "UpBlock2D": 0}
@@ -118,7 +119,7 @@ def unet_config(raw: dict) -> dict:
 _TRUNK_SKIPPED = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 
-class UNet:
+class UNet(CoreModel):
     """diffusers' UNet2DConditionModel on the C core.
 
     `unet(sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None)`
@@ -158,18 +159,6 @@ class UNet:
         load_into(unet._model, weights, skip=skip, lora=as_lora(lora), what="UNet")
         return unet
 
-    def load_weights(self, weights: Dict[str, np.ndarray]) -> None:
-        """Sets every weight from a {state_dict name: array} mapping."""
-        load_arrays(self._model, weights.items())
-
-    def weight_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        """{state_dict name: shape} of every weight this UNet expects."""
-        return {name: shape for name, shape, _ in self._model.weights()}
-
-    def memory(self) -> Dict[str, int]:
-        """Bytes held by the weights and by the activation arena."""
-        return self._model.memory()
-
     def __call__(self, sample: np.ndarray, timestep: Union[int, float, Sequence, np.ndarray],
                  encoder_hidden_states: np.ndarray, text_embeds: Optional[np.ndarray] = None,
                  time_ids: Optional[np.ndarray] = None, *, return_intermediates: bool = False):
@@ -187,14 +176,8 @@ class UNet:
             if value is not None:
                 extra[name] = _checks.float32_array(np.asarray(value, np.float32) if name == "time_ids" else value,
                                                      name, 2, "[N, features]")
-        if not return_intermediates:
-            return self._model.unet_forward(sample, timesteps, encoder_hidden_states, **extra)
-        self._model.set_capture(True)
-        try:
-            out = self._model.unet_forward(sample, timesteps, encoder_hidden_states, **extra)
-            return out, self._model.captured()
-        finally:
-            self._model.set_capture(False)
+        return self._run(self._model.unet_forward, sample, timesteps, encoder_hidden_states, **extra,
+                         return_intermediates=return_intermediates)
 
     def __repr__(self) -> str:
         kind = "trunk" if self.trunk_only else "full"

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _checks
+from ._model import CoreModel
 from ._native import _core
 from .lora import as_lora
-from .weights import find_weight_file, load_arrays, load_into, read_json
+from .weights import find_weight_file, load_into, read_json
 
 # Older diffusers checkpoints name the mid-block attention's projections thus.
 _LEGACY_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
@@ -63,7 +64,7 @@ def _rename_legacy(name: str) -> str:
     return name
 
 
-class VAE:
+class VAE(CoreModel):
     """diffusers' AutoencoderKL on the C core.
 
     `encode(x)` takes images [N, C, H, W] float32 in [-1, 1] and returns the
@@ -126,39 +127,17 @@ class VAE:
                   lora=as_lora(lora), what="VAE")
         return vae
 
-    def load_weights(self, weights: Dict[str, np.ndarray]) -> None:
-        """Sets every weight from a {state_dict name: array} mapping."""
-        load_arrays(self._model, weights.items())
-
-    def weight_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        """{state_dict name: shape} of every weight this VAE expects."""
-        return {name: shape for name, shape, _ in self._model.weights()}
-
-    def memory(self) -> Dict[str, int]:
-        """Bytes held by the weights and by the activation arena."""
-        return self._model.memory()
-
     def encode(self, x: np.ndarray, *, return_intermediates: bool = False):
         """Posterior mean of images x [N, C, H, W] float32 in [-1, 1]; H and W
         multiples of `downscale`. With return_intermediates, also a dict of the
         activations after conv_in, each down block and the mid block."""
         _checks.float32_array(x, "x", 4, "[N, C, H, W]")
-        return self._call(self._model.vae_encode, x, return_intermediates)
+        return self._run(self._model.vae_encode, x, return_intermediates=return_intermediates)
 
     def decode(self, z: np.ndarray, *, return_intermediates: bool = False):
         """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
         _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
-        return self._call(self._model.vae_decode, z, return_intermediates)
-
-    def _call(self, fn, array, return_intermediates):
-        if not return_intermediates:
-            return fn(array)
-        self._model.set_capture(True)
-        try:
-            out = fn(array)
-            return out, self._model.captured()
-        finally:
-            self._model.set_capture(False)
+        return self._run(self._model.vae_decode, z, return_intermediates=return_intermediates)
 
     def __repr__(self) -> str:
         return (f"VAE(block_out_channels={self.config['block_out_channels']}, parts={self.parts}, "

@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 
-import d3sr
 from d3sr import losses
 from d3sr.discriminator import Discriminator, PatchHead, init_head
 from conftest import DATA, assert_close, load_reference

@@ -1,5 +1,4 @@
 """LoRA merging against PEFT: merged weights, forward outputs, key layouts, errors."""
-import json
 import os
 import shutil
 

@@ -4,13 +4,11 @@ a file without a second copy in memory, and run at a small latent.
 Each model runs in its own process so its peak RSS (ru_maxrss) is its own.
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 import d3sr
 from d3sr.testing import iter_random_weights, real_config, write_safetensors

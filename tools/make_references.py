@@ -62,6 +62,18 @@ def save_tensors(tensors: dict, path: str) -> None:
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path)
 
 
+def load_tiny(cls, name: str):
+    """A diffusers model (float32) from one of the small folders under tests/data."""
+    from safetensors.torch import load_file as load_torch
+
+    folder = os.path.join(DATA, name)
+    config = json.load(open(os.path.join(folder, "config.json")))
+    model = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+    weights = next(f for f in os.listdir(folder) if f.startswith("diffusion_pytorch_model"))
+    model.load_state_dict({k: v.float() for k, v in load_torch(os.path.join(folder, weights)).items()})
+    return model
+
+
 def save_model_folder(folder: str, config: dict, weights: dict, fp16: bool) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -82,8 +94,6 @@ VAE_TINY = {
 
 
 def vae_reference(vae, images: np.ndarray, latents: np.ndarray) -> dict:
-    from diffusers import AutoencoderKL  # noqa: F401  (vae is one)
-
     enc, dec = vae.encoder, vae.decoder
     modules = {"encoder.conv_in": enc.conv_in, "encoder.mid_block": enc.mid_block,
                "decoder.conv_in": dec.conv_in, "decoder.mid_block": dec.mid_block}
@@ -246,13 +256,9 @@ def merged_samples(model) -> dict:
 def make_lora() -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from peft import LoraConfig
-    from safetensors.torch import load_file as load_torch
 
     # UNet: rank 4 with lora_alpha 16 in adapter_config.json.
-    folder = os.path.join(DATA, "unet_sd2")
-    config = json.load(open(os.path.join(folder, "config.json")))
-    unet = UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-    unet.load_state_dict(load_torch(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
+    unet = load_tiny(UNet2DConditionModel, "unet_sd2")
     lora_config = LoraConfig(r=4, lora_alpha=16, target_modules=UNET_LORA_TARGETS)
     adapter = add_random_lora(unet, lora_config, seed=31)
     out = os.path.join(DATA, "lora_unet")
@@ -265,13 +271,10 @@ def make_lora() -> None:
     ref.update(merged_samples(unet))
 
     # VAE encoder: rank 2, no alpha anywhere (PEFT's default 8, as OSEDiff trains).
-    folder = os.path.join(DATA, "vae_a")
-    config = json.load(open(os.path.join(folder, "config.json")))
-    vae = AutoencoderKL(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-    vae.load_state_dict(load_torch(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
+    vae = load_tiny(AutoencoderKL, "vae_a")
     adapter = add_random_lora(vae, LoraConfig(r=2, target_modules=VAE_LORA_TARGETS), seed=32)
     save_tensors(adapter, os.path.join(out, "vae_encoder_lora.safetensors"))
-    images = load_numpy(os.path.join(folder, "reference.safetensors"))["encode.input"]
+    images = load_numpy(os.path.join(DATA, "vae_a", "reference.safetensors"))["encode.input"]
     with torch.no_grad():
         ref["vae.mean"] = vae.encode(torch.from_numpy(images)).latent_dist.mean.numpy()
     ref.update(merged_samples(vae))
@@ -316,13 +319,7 @@ def make_generator() -> None:
     embedding = np.random.default_rng(41).standard_normal((CONTEXT_LEN, 24)).astype(np.float32)
     save_tensors({"prompt_embeds": embedding}, os.path.join(folder, "text_embedding.safetensors"))
 
-    def load(cls, name):
-        config = json.load(open(os.path.join(DATA, name, "config.json")))
-        model = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-        model.load_state_dict(load_torch(os.path.join(DATA, name, "diffusion_pytorch_model.safetensors")))
-        return model
-
-    vae, unet = load(AutoencoderKL, "vae_a"), load(UNet2DConditionModel, "unet_sd2")
+    vae, unet = load_tiny(AutoencoderKL, "vae_a"), load_tiny(UNet2DConditionModel, "unet_sd2")
     vae.add_adapter(LoraConfig(r=2, target_modules=VAE_LORA_TARGETS))
     set_peft_model_state_dict(vae, load_torch(os.path.join(DATA, "lora_unet", "vae_encoder_lora.safetensors")))
     unet.add_adapter(LoraConfig(r=4, lora_alpha=16, target_modules=UNET_LORA_TARGETS))
@@ -357,15 +354,8 @@ def make_osediff() -> None:
     loaded as OSEDiff's inference code loads them."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from peft import LoraConfig
-    from safetensors.torch import load_file as load_torch
 
-    def load(cls, name):
-        config = json.load(open(os.path.join(DATA, name, "config.json")))
-        model = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-        model.load_state_dict(load_torch(os.path.join(DATA, name, "diffusion_pytorch_model.safetensors")))
-        return model
-
-    unet, vae = load(UNet2DConditionModel, "unet_sd2"), load(AutoencoderKL, "vae_a")
+    unet, vae = load_tiny(UNet2DConditionModel, "unet_sd2"), load_tiny(AutoencoderKL, "vae_a")
     modules = {"default_encoder": ["to_q", "to_k", "conv1"], "default_decoder": ["to_v", "conv2"],
                "default_others": ["to_out.0", "proj_in", "proj_out", "ff.net.2"]}
     for adapter, targets in modules.items():
@@ -423,20 +413,12 @@ def sdxl_trunk(unet, sample, t, context, text_embeds, time_ids):
 def make_discriminator() -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from peft import LoraConfig
-    from safetensors.torch import load_file as load_torch
-
-    def load(cls, name):
-        config = json.load(open(os.path.join(DATA, name, "config.json")))
-        model = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-        model.load_state_dict({k: v.float() for k, v in load_torch(os.path.join(DATA, name, next(
-            f for f in os.listdir(os.path.join(DATA, name)) if f.startswith("diffusion_pytorch_model")))).items()})
-        return model
 
     folder = os.path.join(DATA, "disc_tiny")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "d3sr.json"), "w") as f:
         json.dump(DISCRIMINATOR, f, indent=2)
-    unet, vae = load(UNet2DConditionModel, "unet_sdxl"), load(AutoencoderKL, "vae_a")
+    unet, vae = load_tiny(UNet2DConditionModel, "unet_sdxl"), load_tiny(AutoencoderKL, "vae_a")
     # a LoRA over the whole UNet: its up-block updates must be ignored by the trunk
     adapter = add_random_lora(unet, LoraConfig(r=2, lora_alpha=4, target_modules=["to_q", "conv1"]), seed=61)
     save_tensors({**adapter, **{k.replace(".lora_A.weight", ".alpha"): np.array(4.0, np.float32)
@@ -482,7 +464,9 @@ def make_discriminator() -> None:
     print(f"wrote {folder}")
 
 
-SECTIONS = {"discriminator": make_discriminator, "vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator, "osediff": make_osediff}
+# In dependency order: later sections load the tiny models earlier ones write.
+SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator,
+            "osediff": make_osediff, "discriminator": make_discriminator}
 
 
 def main() -> None:
@@ -491,7 +475,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    for name in args.only or sorted(SECTIONS):
+    for name in args.only or SECTIONS:
         SECTIONS[name]()
 
 

@@ -1,0 +1,39 @@
+"""What every model class shares: its model in the C core, the weight table,
+memory reports and capturing each block's output."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+
+from .weights import load_arrays
+
+
+class CoreModel:
+    """Base of VAE, UNet and PatchHead: self._model is a d3sr._core.Model."""
+
+    _model = None
+
+    def load_weights(self, weights: Dict[str, np.ndarray]) -> None:
+        """Sets every weight from a {state_dict name: array} mapping; a missing
+        one is an error naming it."""
+        load_arrays(self._model, weights.items())
+
+    def weight_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """{state_dict name: shape} of every weight this model expects."""
+        return {name: shape for name, shape, _ in self._model.weights()}
+
+    def memory(self) -> Dict[str, int]:
+        """Bytes held by the weights and by the activation arena."""
+        return self._model.memory()
+
+    def _run(self, fn, *args, return_intermediates: bool = False, **kwargs):
+        """fn(*args, **kwargs), and with return_intermediates also the
+        {block name: activation} the core captured during the call."""
+        if not return_intermediates:
+            return fn(*args, **kwargs)
+        self._model.set_capture(True)
+        try:
+            return fn(*args, **kwargs), self._model.captured()
+        finally:
+            self._model.set_capture(False)
