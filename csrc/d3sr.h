@@ -90,6 +90,13 @@ D3SR_API int d3sr_model_num_captured(const d3sr_model *m);
 D3SR_API d3sr_status d3sr_model_captured(const d3sr_model *m, int i, const char **name,
                                          int64_t shape[4], const float **data);
 
+/* With profiling on, each op's kernel time accumulates (the backend is
+ * synchronised around each op, so it costs a little speed) until turned on
+ * again. Op i in [0, d3sr_model_num_ops()): its name, calls and seconds. */
+D3SR_API void d3sr_model_set_profiling(d3sr_model *m, int enabled);
+D3SR_API int d3sr_model_num_ops(void);
+D3SR_API void d3sr_model_op_profile(const d3sr_model *m, int i, const char **name, long *calls, double *seconds);
+
 D3SR_API void d3sr_model_free(d3sr_model *m);
 
 /* ---- the VAE (diffusers AutoencoderKL) --------------------------------- */

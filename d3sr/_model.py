@@ -27,6 +27,14 @@ class CoreModel:
         """Bytes held by the weights and by the activation arena."""
         return self._model.memory()
 
+    def profile(self, enable: bool = True) -> Dict[str, Tuple[int, float]]:
+        """Turns per-op timing on (from zero) or off and returns what was
+        accumulated so far: {op: (calls, seconds)}, e.g. to see where a call's
+        time goes: model.profile(); model(...); print(model.profile(False))."""
+        stats = self._model.profile()
+        self._model.set_profiling(enable)
+        return stats
+
     def _run(self, fn, *args, return_intermediates: bool = False, **kwargs):
         """fn(*args, **kwargs), and with return_intermediates also the
         {block name: activation} the core captured during the call."""

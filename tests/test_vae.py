@@ -304,3 +304,14 @@ def test_bfloat16_weights_load(tmp_path):
     save_file(rounded, str(f32_dir / "diffusion_pytorch_model.safetensors"))
     x = load_reference(os.path.join(src, "reference.safetensors"))["encode.input"]
     np.testing.assert_array_equal(d3sr.VAE.load(str(bf16_dir)).encode(x), d3sr.VAE.load(str(f32_dir)).encode(x))
+
+
+def test_profile_times_each_op(tiny):
+    vae, ref, _ = tiny
+    assert vae.profile() == {}  # nothing accumulated before profiling was on
+    vae.decode(ref["decode.input"])
+    stats = vae.profile(False)
+    assert stats["conv2d"][0] > 0 and stats["group_norm"][0] > 0 and stats["attention"][0] == 1
+    assert all(seconds >= 0 for _, seconds in stats.values())
+    vae.decode(ref["decode.input"])
+    assert vae.profile(False) == {}  # off: nothing more accumulates

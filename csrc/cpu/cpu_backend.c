@@ -96,6 +96,7 @@ const d3sr_backend d3sr_cpu_backend = {
     .name = "cpu",
     .init = NULL,
     .destroy = NULL,
+    .synchronize = NULL,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload_weight = cpu_upload_weight,

@@ -139,6 +139,22 @@ d3sr_status d3sr_model_captured(const d3sr_model *m, int i, const char **name, i
     return D3SR_OK;
 }
 
+void d3sr_model_set_profiling(d3sr_model *m, int enabled)
+{
+    memset(&m->ctx.profile, 0, sizeof m->ctx.profile);
+    m->ctx.profile.enabled = enabled != 0;
+}
+
+int d3sr_model_num_ops(void) { return D3SR_OP_COUNT; }
+
+void d3sr_model_op_profile(const d3sr_model *m, int i, const char **name, long *calls, double *seconds)
+{
+    int ok = i >= 0 && i < D3SR_OP_COUNT;
+    *name = ok ? d3sr_op_names[i] : "";
+    *calls = ok ? m->ctx.profile.calls[i] : 0;
+    *seconds = ok ? m->ctx.profile.seconds[i] : 0.0;
+}
+
 size_t d3sr_model_weight_bytes(const d3sr_model *m)
 {
     size_t bytes = 0;

@@ -15,6 +15,10 @@ struct d3sr_backend {
     d3sr_status (*init)(d3sr_ctx *ctx);
     void (*destroy)(d3sr_ctx *ctx);
 
+    /* Waits for the work queued so far (asynchronous backends), so profiling
+     * times kernels rather than launches; NULL where calls are synchronous. */
+    d3sr_status (*synchronize)(d3sr_ctx *ctx);
+
     d3sr_status (*alloc)(d3sr_ctx *ctx, size_t bytes, void **out);
     void (*free)(d3sr_ctx *ctx, void *p);
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../core/status.h"
 #include "backend.h"
@@ -65,6 +66,33 @@ d3sr_status d3sr_workspace(d3sr_ctx *ctx, size_t bytes, void **out)
         ctx->workspace_bytes = bytes;
     }
     *out = ctx->workspace;
+    return D3SR_OK;
+}
+
+/* ---- profiling ----------------------------------------------------------- */
+
+const char *const d3sr_op_names[D3SR_OP_COUNT] = {
+    [D3SR_OP_TRANSFER] = "transfer", [D3SR_OP_CONV2D] = "conv2d", [D3SR_OP_LINEAR] = "linear",
+    [D3SR_OP_GROUP_NORM] = "group_norm", [D3SR_OP_LAYER_NORM] = "layer_norm", [D3SR_OP_ATTENTION] = "attention",
+    [D3SR_OP_UPSAMPLE] = "upsample", [D3SR_OP_GEGLU] = "geglu", [D3SR_OP_ACTIVATION] = "activation",
+    [D3SR_OP_ADD] = "add", [D3SR_OP_CONCAT] = "concat",
+};
+
+static double profile_begin(const d3sr_ctx *ctx)
+{
+    if (!ctx->profile.enabled) return 0.0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Passes status through; when profiling, charges the time since start to op. */
+static d3sr_status profile_end(d3sr_ctx *ctx, d3sr_op_id op, double start, d3sr_status status)
+{
+    if (!ctx->profile.enabled || status != D3SR_OK) return status;
+    if (ctx->backend->synchronize) D3SR_CHECK(ctx->backend->synchronize(ctx));
+    ctx->profile.seconds[op] += profile_begin(ctx) - start;
+    ctx->profile.calls[op]++;
     return D3SR_OK;
 }
 
@@ -213,13 +241,15 @@ d3sr_status d3sr_upload(d3sr_ctx *ctx, const float *host, int n, int h, int w, i
 {
     D3SR_CHECK(d3sr_tensor_new(ctx, n, h, w, c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->upload(ctx, host, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->upload(ctx, host, out));
 }
 
 d3sr_status d3sr_download(d3sr_ctx *ctx, const d3sr_tensor *x, float *host)
 {
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->download(ctx, x, host);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->download(ctx, x, host));
 }
 
 d3sr_status d3sr_upload_nchw(d3sr_ctx *ctx, const float *host, int n, int c, int h, int w,
@@ -227,7 +257,8 @@ d3sr_status d3sr_upload_nchw(d3sr_ctx *ctx, const float *host, int n, int c, int
 {
     D3SR_CHECK(d3sr_tensor_new(ctx, n, h, w, c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->upload_nchw(ctx, host, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->upload_nchw(ctx, host, out));
 }
 
 d3sr_status d3sr_download_nchw(d3sr_ctx *ctx, const d3sr_tensor *x, int c0, int c1, float *host)
@@ -235,7 +266,8 @@ d3sr_status d3sr_download_nchw(d3sr_ctx *ctx, const d3sr_tensor *x, int c0, int 
     if (c0 < 0 || c1 > x->c || c0 >= c1)
         return d3sr_fail(D3SR_ERR_VALUE, "internal error: channels [%d, %d) of a %d-channel tensor", c0, c1, x->c);
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->download_nchw(ctx, x, c0, c1, host);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->download_nchw(ctx, x, c0, c1, host));
 }
 
 void d3sr_capture_clear(d3sr_capture *capture)
@@ -300,7 +332,8 @@ d3sr_status d3sr_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *co
         return d3sr_fail(D3SR_ERR_VALUE, "conv2d: residual [%d, %d, %d, %d] differs from output [%d, %d, %d, %d]",
                          residual->n, residual->h, residual->w, residual->c, out->n, out->h, out->w, out->c);
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->conv2d(ctx, x, conv, residual, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_CONV2D, start, ctx->backend->conv2d(ctx, x, conv, residual, out));
 }
 
 d3sr_status d3sr_linear_apply(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
@@ -312,7 +345,8 @@ d3sr_status d3sr_linear_apply(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_li
     if (residual && !same_shape(residual, out))
         return d3sr_fail(D3SR_ERR_VALUE, "linear: residual shape differs from the output's");
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->linear(ctx, x, lin, residual, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_LINEAR, start, ctx->backend->linear(ctx, x, lin, residual, out));
 }
 
 d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
@@ -323,7 +357,8 @@ d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
                          x->c, norm->groups, norm->channels);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->group_norm(ctx, x, norm, silu, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_GROUP_NORM, start, ctx->backend->group_norm(ctx, x, norm, silu, out));
 }
 
 d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
@@ -335,7 +370,8 @@ d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tenso
                          q->n, q->h * q->w, q->c, k->n, k->h * k->w, k->c, v->n, v->h * v->w, v->c, heads);
     D3SR_CHECK(d3sr_tensor_new(ctx, q->n, q->h, q->w, q->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->attention(ctx, q, k, v, heads, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_ATTENTION, start, ctx->backend->attention(ctx, q, k, v, heads, out));
 }
 
 d3sr_status d3sr_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, int out_h, int out_w,
@@ -345,7 +381,8 @@ d3sr_status d3sr_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, int out_h
         return d3sr_fail(D3SR_ERR_VALUE, "upsample: output size %d x %d is empty", out_h, out_w);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, out_h, out_w, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->upsample_nearest(ctx, x, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_UPSAMPLE, start, ctx->backend->upsample_nearest(ctx, x, out));
 }
 
 d3sr_status d3sr_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
@@ -355,7 +392,8 @@ d3sr_status d3sr_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
         return d3sr_fail(D3SR_ERR_VALUE, "layer_norm: %d channels, the layer has %d", x->c, norm->channels);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->layer_norm(ctx, x, norm, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_LAYER_NORM, start, ctx->backend->layer_norm(ctx, x, norm, out));
 }
 
 d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
@@ -364,7 +402,8 @@ d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
         return d3sr_fail(D3SR_ERR_VALUE, "geglu: %d channels do not split into value and gate halves", x->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c / 2, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->geglu(ctx, x, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_GEGLU, start, ctx->backend->geglu(ctx, x, out));
 }
 
 d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
@@ -374,7 +413,8 @@ d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation
         return d3sr_fail(D3SR_ERR_VALUE, "activation: unknown kind %d", (int)kind);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->activation(ctx, x, kind, param, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_ACTIVATION, start, ctx->backend->activation(ctx, x, kind, param, out));
 }
 
 d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset)
@@ -383,7 +423,8 @@ d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_te
         return d3sr_fail(D3SR_ERR_VALUE, "add_channel_offset: offset [%d, %d, %d, %d] for x [%d, %d, %d, %d]",
                          offset->n, offset->h, offset->w, offset->c, x->n, x->h, x->w, x->c);
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->add_channel_offset(ctx, x, offset);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_ADD, start, ctx->backend->add_channel_offset(ctx, x, offset));
 }
 
 d3sr_status d3sr_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
@@ -394,7 +435,8 @@ d3sr_status d3sr_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr
                          a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, a->n, a->h, a->w, a->c + b->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->concat_channels(ctx, a, b, out);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_CONCAT, start, ctx->backend->concat_channels(ctx, a, b, out));
 }
 
 d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b)
@@ -403,7 +445,8 @@ d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b
         return d3sr_fail(D3SR_ERR_VALUE, "add: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
                          a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
-    return ctx->backend->add_inplace(ctx, a, b);
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_ADD, start, ctx->backend->add_inplace(ctx, a, b));
 }
 
 d3sr_status d3sr_reshape(const d3sr_tensor *x, int n, int h, int w, int c, d3sr_tensor *out)

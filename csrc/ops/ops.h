@@ -29,6 +29,20 @@ typedef struct {
     int count, capacity;
 } d3sr_capture;
 
+/* Per-op time of the backend's kernels, when profiling is on. */
+typedef enum {
+    D3SR_OP_TRANSFER, D3SR_OP_CONV2D, D3SR_OP_LINEAR, D3SR_OP_GROUP_NORM, D3SR_OP_LAYER_NORM, D3SR_OP_ATTENTION,
+    D3SR_OP_UPSAMPLE, D3SR_OP_GEGLU, D3SR_OP_ACTIVATION, D3SR_OP_ADD, D3SR_OP_CONCAT, D3SR_OP_COUNT,
+} d3sr_op_id;
+
+extern const char *const d3sr_op_names[D3SR_OP_COUNT];
+
+typedef struct {
+    int enabled;
+    long calls[D3SR_OP_COUNT];
+    double seconds[D3SR_OP_COUNT];
+} d3sr_profile;
+
 /* One model's execution state: backend, activation arena and scratch. */
 typedef struct d3sr_ctx {
     const d3sr_backend *backend; /* borrowed: static table of the backend */
@@ -38,6 +52,7 @@ typedef struct d3sr_ctx {
     void *workspace;             /* owned (backend memory): scratch of the running op */
     size_t workspace_bytes;
     d3sr_capture capture;
+    d3sr_profile profile;
 } d3sr_ctx;
 
 /* A convolution, weights in the backend's layout. */

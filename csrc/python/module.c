@@ -322,7 +322,44 @@ static PyObject *model_captured(ModelObject *self, PyObject *unused)
     return dict;
 }
 
+static PyObject *model_set_profiling(ModelObject *self, PyObject *arg)
+{
+    int enabled = PyObject_IsTrue(arg);
+    if (enabled < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    d3sr_model_set_profiling(self->model, enabled);
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* {op: (calls, seconds)} accumulated since profiling was turned on. */
+static PyObject *model_profile(ModelObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *dict = PyDict_New();
+    if (!dict) return NULL;
+    for (int i = 0; i < d3sr_model_num_ops(); i++) {
+        const char *name;
+        long calls;
+        double seconds;
+        d3sr_model_op_profile(self->model, i, &name, &calls, &seconds);
+        if (!calls) continue;
+        PyObject *item = Py_BuildValue("(ld)", calls, seconds);
+        if (!item || PyDict_SetItemString(dict, name, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return dict;
+}
+
 static PyMethodDef model_methods[] = {
+    {"set_profiling", (PyCFunction)model_set_profiling, METH_O, "set_profiling(on): time each op from now on."},
+    {"profile", (PyCFunction)model_profile, METH_NOARGS, "{op: (calls, seconds)} since profiling was turned on."},
     {"set_capture", (PyCFunction)model_set_capture, METH_O, "set_capture(on): keep each block's output of later calls."},
     {"captured", (PyCFunction)model_captured, METH_NOARGS, "{name: array} of the last call's captured activations."},
     {"set_weight", (PyCFunction)(void (*)(void))model_set_weight, METH_VARARGS | METH_KEYWORDS,
