@@ -46,6 +46,13 @@ struct d3sr_backend {
     d3sr_status (*add_channel_offset)(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
     d3sr_status (*concat_channels)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
                                    d3sr_tensor *out);
+    d3sr_status (*relu_inplace)(d3sr_ctx *ctx, d3sr_tensor *x);
+    d3sr_status (*max_pool)(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out);
+    d3sr_status (*l2_pool)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+    d3sr_status (*lpips_distance)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                  const d3sr_tensor *weight, d3sr_tensor *out);
+    d3sr_status (*pair_moments)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                d3sr_tensor *out);
 };
 
 extern const d3sr_backend d3sr_cpu_backend;

@@ -172,7 +172,7 @@ d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtyp
     switch (param->kind) {
     case D3SR_WEIGHT_CONV: dst->n = (int)s[0]; dst->h = (int)s[2]; dst->w = (int)s[3]; dst->c = (int)s[1]; break;
     case D3SR_WEIGHT_LINEAR: dst->n = 1; dst->h = 1; dst->w = (int)s[0]; dst->c = (int)s[1]; break;
-    case D3SR_WEIGHT_VECTOR: dst->n = 1; dst->h = 1; dst->w = 1; dst->c = (int)s[0]; break;
+    case D3SR_WEIGHT_VECTOR: dst->n = 1; dst->h = 1; dst->w = 1; dst->c = (int)count; break; /* [c] or [1, c, 1, 1] */
     }
     d3sr_status status = ctx->backend->upload_weight(ctx, param->kind, f32, dst);
     free(converted);
@@ -401,6 +401,65 @@ d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b
                          a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
     return ctx->backend->add_inplace(ctx, a, b);
+}
+
+d3sr_status d3sr_relu_inplace(d3sr_ctx *ctx, d3sr_tensor *x)
+{
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->relu_inplace(ctx, x);
+}
+
+d3sr_status d3sr_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out)
+{
+    if (kernel < 1 || stride < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "max_pool: kernel %d and stride %d must be positive", kernel, stride);
+    if (x->h < kernel || x->w < kernel)
+        return d3sr_fail(D3SR_ERR_VALUE, "max_pool: a %dx%d input is smaller than the %dx%d window", x->h, x->w,
+                         kernel, kernel);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - kernel) / stride + 1, (x->w - kernel) / stride + 1, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->max_pool(ctx, x, kernel, stride, out);
+}
+
+d3sr_status d3sr_l2_pool(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+{
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - 1) / 2 + 1, (x->w - 1) / 2 + 1, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->l2_pool(ctx, x, out);
+}
+
+d3sr_status d3sr_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                const d3sr_tensor *weight, d3sr_tensor *out)
+{
+    if (!same_shape(a, b))
+        return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
+                         a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
+    if (d3sr_tensor_numel(weight) != (size_t)a->c)
+        return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: %zu weights for %d channels", d3sr_tensor_numel(weight), a->c);
+    D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 1, 1, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->lpips_distance(ctx, a, b, weight, out);
+}
+
+d3sr_status d3sr_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                              d3sr_tensor *out)
+{
+    if (!same_shape(a, b))
+        return d3sr_fail(D3SR_ERR_VALUE, "pair_moments: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
+                         a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
+    D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 5, a->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    return ctx->backend->pair_moments(ctx, a, b, out);
+}
+
+d3sr_status d3sr_batch_slice(const d3sr_tensor *x, int n0, int n1, d3sr_tensor *out)
+{
+    if (n0 < 0 || n1 > x->n || n0 >= n1)
+        return d3sr_fail(D3SR_ERR_VALUE, "internal error: samples [%d, %d) of a batch of %d", n0, n1, x->n);
+    *out = *x;
+    out->n = n1 - n0;
+    out->data = (char *)x->data + (size_t)n0 * x->h * x->w * x->c * d3sr_dtype_size(x->dtype);
+    return D3SR_OK;
 }
 
 d3sr_status d3sr_reshape(const d3sr_tensor *x, int n, int h, int w, int c, d3sr_tensor *out)

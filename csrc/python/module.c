@@ -819,7 +819,11 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "OP_ADD", D3SR_SINGLE_ADD) < 0 ||
         PyModule_AddIntConstant(m, "OP_ADD_CHANNEL_OFFSET", D3SR_SINGLE_ADD_CHANNEL_OFFSET) < 0 ||
         PyModule_AddIntConstant(m, "OP_CONCAT", D3SR_SINGLE_CONCAT) < 0 ||
-        PyModule_AddIntConstant(m, "OP_UPSAMPLE_NEAREST", D3SR_SINGLE_UPSAMPLE_NEAREST) < 0) {
+        PyModule_AddIntConstant(m, "OP_UPSAMPLE_NEAREST", D3SR_SINGLE_UPSAMPLE_NEAREST) < 0 ||
+        PyModule_AddIntConstant(m, "OP_RELU", D3SR_SINGLE_RELU) < 0 ||
+        PyModule_AddIntConstant(m, "OP_MAX_POOL", D3SR_SINGLE_MAX_POOL) < 0 ||
+        PyModule_AddIntConstant(m, "OP_L2_POOL", D3SR_SINGLE_L2_POOL) < 0 ||
+        PyModule_AddIntConstant(m, "OP_PAIR_MOMENTS", D3SR_SINGLE_PAIR_MOMENTS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
