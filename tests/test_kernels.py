@@ -256,6 +256,27 @@ def test_l2_pool(shape):
     assert_close(_core.simple_op(_core.OP_L2_POOL, x), l2_pool_ref(x), TOL, "l2_pool")
 
 
+def lpips_distance_ref(a, b, w):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    na = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
+    nb = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
+    return (((na - nb) ** 2) @ w.astype(np.float64)).mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 7, 64), (3, 13, 4, 192), (1, 31, 33, 3)])
+def test_lpips_distance(shape):
+    rng = np.random.default_rng(10)
+    a = np.maximum(rand(rng, *shape), 0) + 0.01  # ReLU features
+    b = np.maximum(rand(rng, *shape), 0) + 0.01
+    w = np.abs(rand(rng, shape[-1]))
+    assert_close(_core.lpips_distance(a, b, w), lpips_distance_ref(a, b, w), TOL, "lpips_distance")
+
+
+def test_lpips_distance_of_identical_features_is_zero():
+    a = np.abs(rand(np.random.default_rng(11), 2, 4, 4, 8))
+    np.testing.assert_array_equal(_core.lpips_distance(a, a, np.ones(8, np.float32)), [0, 0])
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 9, 7, 5), (1, 40, 30, 64)])
 def test_pair_moments(shape):
     rng = np.random.default_rng(12)
