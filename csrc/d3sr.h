@@ -208,6 +208,74 @@ D3SR_API d3sr_status d3sr_head_create(const d3sr_head_config *cfg, const char *d
 D3SR_API d3sr_status d3sr_head_forward(d3sr_model *m, const float *features, int n, int channels, int h,
                                        int w, float *logits);
 
+/* ---- image-quality metrics ---------------------------------------------
+ *
+ * Images here are laid out as NumPy users hold them: [n, h, w, 3] RGB,
+ * row-major, uint8 (0..255) or float32 in [0, 1]; each function scores the n
+ * pairs (a[i], b[i]) into scores[n]. A float value outside [0, 1], NaN or Inf
+ * is D3SR_ERR_VALUE naming the image. Conventions follow pyiqa, which the
+ * numbers in super-resolution papers come from: uint8 values become float32
+ * v / 255 as torchvision's ToTensor makes them, and the BT.601 luma is
+ * computed in float32 as pyiqa computes it, so rounding it to 0..255 gives
+ * pyiqa's integers.
+ */
+
+typedef enum {
+    D3SR_PIXELS_U8 = 0,  /* 0..255 */
+    D3SR_PIXELS_F32 = 1, /* [0, 1] */
+} d3sr_pixels;
+
+typedef struct {
+    int crop_border; /* pixels dropped at each edge first */
+    int y_channel;   /* 1: the Y of BT.601 YCbCr (16..235 of 255), 0: the three RGB channels */
+    int downsample;  /* SSIM only: average-pool by max(1, round(min(h, w) / 256)) first, as
+                        the original MATLAB code does */
+} d3sr_pixel_metric_options;
+
+/* PSNR in dB with a peak of 1: 10 log10(1 / (mse + 1e-8)), so identical images
+ * score 80 (pyiqa's psnr with data_range 1). */
+D3SR_API d3sr_status d3sr_psnr(const void *a, const void *b, d3sr_pixels type, int n, int h, int w,
+                               const d3sr_pixel_metric_options *options, double *scores);
+
+/* SSIM: values rounded to integers 0..255 (MATLAB's uint8 images), 11x11
+ * Gaussian window of sigma 1.5, 'valid' filtering, C1 = (0.01 * 255)^2,
+ * C2 = (0.03 * 255)^2, the contrast-structure term clipped at 0, the map
+ * averaged over pixels and channels (pyiqa's ssim). The cropped (and
+ * downsampled) image must be at least 11 x 11. */
+D3SR_API d3sr_status d3sr_ssim(const void *a, const void *b, d3sr_pixels type, int n, int h, int w,
+                               const d3sr_pixel_metric_options *options, double *scores);
+
+/* The BT.601 luma of rgb [n, h, w, 3] into y [n, h, w]: in [16/255, 235/255],
+ * or times 255 and rounded half to even when rounded (what SSIM sees). */
+D3SR_API d3sr_status d3sr_luma(const void *rgb, d3sr_pixels type, int n, int h, int w, int rounded,
+                               float *y);
+
+/* Perceptual metrics: networks over the same ops as the models, weights by
+ * the names of d3sr's metric weight file:
+ *   LPIPS_ALEX: "alexnet.features.<i>.{weight,bias}" (torchvision's AlexNet),
+ *               "lpips.alex.lin<k>.model.1.weight" (the lpips package, v0.1);
+ *   LPIPS_VGG:  "vgg16.features.<i>.{weight,bias}" (torchvision's VGG16),
+ *               "lpips.vgg.lin<k>.model.1.weight";
+ *   DISTS:      "vgg16.features.<i>.{weight,bias}", "dists.alpha", "dists.beta"
+ *               (DISTS_pytorch), VGG16 with L2 pooling in place of max pooling. */
+typedef enum {
+    D3SR_LPIPS_ALEX = 0,
+    D3SR_LPIPS_VGG = 1,
+    D3SR_DISTS = 2,
+} d3sr_perceptual_kind;
+
+D3SR_API d3sr_status d3sr_perceptual_create(d3sr_perceptual_kind kind, const char *device,
+                                            d3sr_dtype dtype, d3sr_model **out);
+
+/* LPIPS maps [0, 1] to [-1, 1] and applies its scaling layer; DISTS
+ * normalises by ImageNet's mean and std and also compares the raw images.
+ * With edge_aware (DISTS only) the score is EA-DISTS: DISTS(a, b) +
+ * DISTS(S(a), S(b)), S the Sobel gradient magnitude of the channel mean,
+ * sqrt(gx^2 + gy^2 + 1e-6) with zero padding 1, repeated to three channels.
+ * Pairs run in chunks that bound the activation memory. */
+D3SR_API d3sr_status d3sr_perceptual_score(d3sr_model *m, const void *a, const void *b, d3sr_pixels type,
+                                           int n, int h, int w, int edge_aware, double *scores);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,8 +5,10 @@ called from Python on NumPy arrays.
     upscaler = d3sr.Upscaler.load("checkpoints/d3sr")   # a folder with d3sr.json
     sr = upscaler.upscale(image)                         # H x W x 3 uint8 -> 4H x 4W x 3
 
-The parts run on their own too: d3sr.VAE, d3sr.UNet, d3sr.LoRA.
+The parts run on their own too: d3sr.VAE, d3sr.UNet, d3sr.LoRA. Image-quality
+metrics (PSNR, SSIM, LPIPS, DISTS, EA-DISTS) are in d3sr.metrics.
 """
+from . import metrics
 from ._native import _core
 from .lora import LoRA
 from .unet import UNet
@@ -36,4 +38,4 @@ def cuda_status() -> str:
     return _core.cuda_status()[1]
 
 
-__all__ = ["Upscaler", "VAE", "UNet", "LoRA", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]
+__all__ = ["metrics", "Upscaler", "VAE", "UNet", "LoRA", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]

@@ -87,3 +87,20 @@ def random_images(shape: Sequence[int], seed: int = 0) -> np.ndarray:
         images += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase) / 4
     images += 0.1 * rng.standard_normal((n, c, h, w))
     return np.clip(images, -1, 1).astype(np.float32)
+
+
+def metric_pair(shape: Sequence[int], seed: int = 0, dtype: str = "uint8"):
+    """(sr, hr) test images for the metrics, [N, H, W, 3] in [0, 1]: hr a smooth
+    random image (random_images), sr a distorted copy (a 3-tap blur, noise and
+    a small colour shift), as uint8 (0..255) or float32."""
+    n, h, w = (int(s) for s in shape)
+    hr = (random_images((n, 3, h, w), seed).transpose(0, 2, 3, 1).astype(np.float64) + 1) / 2
+    rng = np.random.default_rng(seed + 1000)
+    sr = (hr + np.roll(hr, 1, axis=1) + np.roll(hr, 1, axis=2)) / 3
+    sr = sr + rng.normal(0.0, 0.03, hr.shape) + rng.uniform(-0.02, 0.02, (n, 1, 1, 3))
+    sr, hr = np.clip(sr, 0, 1), np.clip(hr, 0, 1)
+    if dtype == "uint8":
+        return np.rint(sr * 255).astype(np.uint8), np.rint(hr * 255).astype(np.uint8)
+    if dtype == "float32":
+        return sr.astype(np.float32), hr.astype(np.float32)
+    raise ValueError(f"dtype must be 'uint8' or 'float32', not {dtype!r}")

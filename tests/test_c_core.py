@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_core_builds_and_runs_from_c_alone(tmp_path):
-    sources = [f for part in ("core", "ops", "cpu", "models")
+    sources = [f for part in ("core", "ops", "cpu", "models", "metrics")
                for f in sorted(glob.glob(os.path.join(ROOT, "csrc", part, "*.c")))]
     assert not any("python" in f for f in sources)
     exe = str(tmp_path / "core_smoke")

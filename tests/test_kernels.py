@@ -210,3 +210,84 @@ def test_add_concat_and_channel_offset():
 def test_kernels_reject_wrong_dtype():
     with pytest.raises(TypeError, match="float32"):
         _core.conv2d(np.zeros((1, 3, 3, 2)), np.zeros((1, 2, 1, 1), np.float32))
+
+
+# ---- ops of the perceptual metrics -------------------------------------------
+
+def max_pool_ref(x, k, s):
+    n, h, w, c = x.shape
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    out = np.full((n, ho, wo, c), -np.inf, np.float32)
+    for ky in range(k):
+        for kx in range(k):
+            out = np.maximum(out, x[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s])
+    return out
+
+
+@pytest.mark.parametrize("shape,k,s", [((1, 7, 9, 5), 3, 2), ((2, 8, 8, 64), 2, 2), ((1, 3, 3, 1), 3, 2),
+                                       ((1, 5, 4, 3), 2, 2), ((3, 11, 6, 17), 3, 1)])
+def test_max_pool(shape, k, s):
+    x = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(_core.simple_op(_core.OP_MAX_POOL, x, size=(k, s)), max_pool_ref(x, k, s))
+
+
+def test_max_pool_rejects_small_input():
+    with pytest.raises(ValueError, match="smaller than the window"):
+        _core.simple_op(_core.OP_MAX_POOL, np.zeros((1, 2, 5, 1), np.float32), size=(3, 2))
+
+
+def l2_pool_ref(x):
+    """DISTS' L2pooling: sqrt(depthwise conv(x^2, hann 3x3 / 16, stride 2, pad 1) + 1e-12)."""
+    g = np.array([0.25, 0.5, 0.25])
+    window = g[:, None] * g[None, :]
+    sq = np.pad(x.astype(np.float64) ** 2, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    n, h, w, c = x.shape
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    out = np.zeros((n, ho, wo, c))
+    for ky in range(3):
+        for kx in range(3):
+            out += window[ky, kx] * sq[:, ky:ky + 2 * (ho - 1) + 1:2, kx:kx + 2 * (wo - 1) + 1:2]
+    return np.sqrt(out + 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 7, 8, 5), (1, 16, 15, 64), (1, 2, 3, 130)])
+def test_l2_pool(shape):
+    x = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+    assert_close(_core.simple_op(_core.OP_L2_POOL, x), l2_pool_ref(x), TOL, "l2_pool")
+
+
+def lpips_distance_ref(a, b, w):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    na = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
+    nb = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
+    return (((na - nb) ** 2) @ w.astype(np.float64)).mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 7, 64), (3, 13, 4, 192), (1, 31, 33, 3)])
+def test_lpips_distance(shape):
+    rng = np.random.default_rng(10)
+    a = np.maximum(rand(rng, *shape), 0) + 0.01  # ReLU features
+    b = np.maximum(rand(rng, *shape), 0) + 0.01
+    w = np.abs(rand(rng, shape[-1]))
+    assert_close(_core.lpips_distance(a, b, w), lpips_distance_ref(a, b, w), TOL, "lpips_distance")
+
+
+def test_lpips_distance_of_identical_features_is_zero():
+    a = np.abs(rand(np.random.default_rng(11), 2, 4, 4, 8))
+    np.testing.assert_array_equal(_core.lpips_distance(a, a, np.ones(8, np.float32)), [0, 0])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 9, 7, 5), (1, 40, 30, 64)])
+def test_pair_moments(shape):
+    rng = np.random.default_rng(12)
+    a = rand(rng, *shape) * 2 + 30  # a large mean: the variance must not cancel away
+    b = 0.5 * a + rand(rng, *shape)
+    ad, bd = a.astype(np.float64), b.astype(np.float64)
+    ma, mb = ad.mean(axis=(1, 2)), bd.mean(axis=(1, 2))
+    va, vb = ad.var(axis=(1, 2)), bd.var(axis=(1, 2))
+    cov = ((ad - ma[:, None, None]) * (bd - mb[:, None, None])).mean(axis=(1, 2))
+    expected = np.stack([ma, mb, va, vb, cov], axis=1)[:, None]  # [n, 1, 5, c]
+    out = _core.simple_op(_core.OP_PAIR_MOMENTS, a, b)
+    assert out.shape == (shape[0], 1, 5, shape[3])
+    assert_close(out, expected, TOL, "pair_moments")
+    assert_close(out[:, 0, 2:], expected[:, 0, 2:], 1e-5, "pair_moments variances")

@@ -10,7 +10,7 @@ import pytest
 
 import d3sr
 from d3sr import torch_pickle
-from d3sr.cli import main, read_image, write_image
+from d3sr.cli import main, read_rgb, write_image
 from d3sr.tools import convert_osediff, make_generator_checkpoint
 from conftest import DATA, assert_close, load_reference
 from test_unet import call_args
@@ -90,20 +90,20 @@ def test_cli_upscale_writes_the_api_result(tmp_path, capsys):
     ckpt = os.path.join(DATA, "generator_tiny")
     assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--checkpoint", ckpt,
                  "--scale", "2"]) == 0
-    out = read_image(str(tmp_path / "out.png"))
+    out = read_rgb(str(tmp_path / "out.png"))
     np.testing.assert_array_equal(out, d3sr.Upscaler.load(ckpt).upscale(image, scale=2))
     assert "in.png 12x10" in capsys.readouterr().err
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png"),
-                 "--checkpoint", os.path.join(DATA, "generator_tiny")]) == 1
+                 "--checkpoint", os.path.join(DATA, "generator_tiny")]) == 2
     assert "input not found" in capsys.readouterr().err
 
 
 def test_demo_runs_the_tiny_pipeline(tmp_path, capsys):
     assert main(["demo", "--tiny", "--size", "16", "-o", str(tmp_path / "demo.png")]) == 0
-    assert read_image(str(tmp_path / "demo.png")).shape == (64, 64, 3)
+    assert read_rgb(str(tmp_path / "demo.png")).shape == (64, 64, 3)
 
 
 def test_make_discriminator_with_a_fresh_head(tmp_path):

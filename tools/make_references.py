@@ -464,9 +464,210 @@ def make_discriminator() -> None:
     print(f"wrote {folder}")
 
 
+# ---- image-quality metrics ------------------------------------------------------
+#
+# PSNR/SSIM against pyiqa; LPIPS against the lpips package (and pyiqa's copy);
+# DISTS against DISTS_pytorch (and pyiqa's copy); EA-DISTS as DISTS_pytorch on
+# the images and on their Sobel maps. torchvision's ImageNet weights cannot be
+# fetched here, so the backbones get seeded random weights (d3sr/testing.py,
+# redrawn by the tests); the LPIPS lin layers and DISTS' alpha/beta are the
+# real ones the lpips and DISTS_pytorch wheels ship, saved in heads.safetensors.
+
+METRICS = os.path.join(DATA, "metrics")
+# name: (shape [N, H, W] of the pair, seed, dtype): see metric_pair
+PIXEL_CASES = {
+    "odd": ((1, 37, 41), 1, "uint8"),
+    "batch": ((3, 64, 48), 2, "uint8"),
+    "float": ((2, 33, 35), 3, "float32"),
+    "large": ((1, 530, 397), 4, "uint8"),   # min side 397: round(1.55) = 2, MATLAB downsampling by 2
+    "tie": ((1, 640, 643), 5, "uint8"),     # min side 640: round(2.5) = 2 (half to even)
+}
+PIXEL_OPTIONS = [  # (y_channel, crop_border, downsample)
+    (True, 0, False), (False, 0, False), (True, 4, False), (False, 3, False), (True, 0, True), (False, 4, True),
+]
+PERCEPTUAL_CASES = {"odd": ((1, 47, 53), 6, "uint8"), "batch": ((2, 64, 64), 7, "float32")}
+BACKBONE_SEEDS = {"alexnet": 101, "vgg16": 102}
+
+
+def metric_pair(shape, seed: int, dtype: str):
+    """A reference image and a distorted version (blur, noise, a colour shift),
+    [N, H, W, 3] in [0, 1], uint8 or float32. The tests make the same pair from
+    the same numbers with d3sr.testing.metric_pair (this is that function)."""
+    return testing.metric_pair(shape, seed, dtype)
+
+
+def pixel_score_name(case, metric, y, crop, down):
+    return f"{case}.{metric}.{'y' if y else 'rgb'}.crop{crop}{'.down' if down else ''}"
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """[N, H, W, 3] uint8 or float32 -> [N, 3, H, W] float32 in [0, 1], as torchvision's ToTensor."""
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    return t.float().div(255) if images.dtype == np.uint8 else t
+
+
+def luma_numpy(rgb: np.ndarray) -> np.ndarray:
+    """pyiqa's float32 Y (no FMA: NumPy evaluates each operation on its own)."""
+    x = rgb.astype(np.float32) / np.float32(255) if rgb.dtype == np.uint8 else rgb
+    s = x[..., 0] * np.float32(65.481) + x[..., 1] * np.float32(128.553)
+    s = s + x[..., 2] * np.float32(24.966)
+    return (s + np.float32(16)) / np.float32(255)
+
+
+def check_luma_against_pyiqa() -> dict:
+    """pyiqa's rounded Y of every 8-bit colour against luma_numpy (the formula the
+    C core uses and the tests check it against); returns colours where the exact
+    rounding of BT.601 differs from pyiqa's float32 one, with pyiqa's values."""
+    from pyiqa.utils.color_util import to_y_channel
+
+    g = np.arange(256)
+    grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1)                      # [256, 256, 2] (G, B)
+    mismatched, odd = 0, []
+    for r in range(256):
+        rgb = np.concatenate([np.full((256, 256, 1), r), grid], -1).astype(np.uint8)[None]
+        theirs = to_y_channel(to_tensor(rgb), 255, "ycbcr")[0, 0].numpy()
+        ours = np.rint(luma_numpy(rgb)[0] * np.float32(255))
+        mismatched += int((theirs != ours).sum())
+        c = rgb[0].astype(np.int64)
+        n = 65481 * c[..., 0] + 128553 * c[..., 1] + 24966 * c[..., 2]
+        q, rem = np.divmod(n, 255000)
+        exact = q + 16 + ((rem > 127500) | ((rem == 127500) & (q % 2 == 1)))
+        odd += [rgb[0][i, j] for i, j in zip(*np.nonzero(exact != theirs))]
+    assert mismatched == 0, f"the float32 luma formula differs from pyiqa on {mismatched} colours"
+    colours = np.stack(odd).astype(np.uint8)[None, None]                        # [1, 1, M, 3]
+    print(f"luma: pyiqa's rounded Y equals the float32 formula on all 2^24 colours; "
+          f"{len(odd)} colours round differently from exact BT.601")
+    return {"luma.colours": colours,
+            "luma.pyiqa_rounded": to_y_channel(to_tensor(colours), 255, "ycbcr")[:, 0].numpy(),
+            "luma.pyiqa": to_y_channel(to_tensor(colours), 1.0, "ycbcr")[:, 0].numpy()}
+
+
+def torchvision_stub(name: str):
+    """torchvision's constructor without its weights download (the weights
+    argument is ignored; the tests' seeded weights are loaded afterwards)."""
+    import torchvision
+
+    build = getattr(torchvision.models, name)
+    return lambda *args, **kwargs: build()
+
+
+def backbone_weights(name: str) -> dict:
+    """Seeded weights of torchvision's `features` of alexnet or vgg16, by state_dict name."""
+    import torchvision
+
+    features = getattr(torchvision.models, name)().features
+    shapes = {f"features.{k}": tuple(v.shape) for k, v in features.state_dict().items()}
+    return testing.random_weights(shapes, BACKBONE_SEEDS[name])
+
+
+def load_backbone(module: torch.nn.Module, weights: dict) -> None:
+    """Loads features.<i>.* into a module whose parameters are named <slice>.<i>.* (lpips' slices, DISTS' stages)."""
+    state = module.state_dict()
+    loaded = 0
+    for key in state:
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[-2].isdigit() and f"features.{parts[-2]}.{parts[-1]}" in weights:
+            state[key] = torch.from_numpy(weights[f"features.{parts[-2]}.{parts[-1]}"])
+            loaded += 1
+    assert loaded == len(weights), (loaded, len(weights))
+    module.load_state_dict(state)
+
+
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """EA-DISTS' edge map: Sobel magnitude of the channel mean, padding 1, to 3 channels."""
+    gray = x.mean(dim=1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).view(1, 1, 3, 3)
+    ex = torch.nn.functional.conv2d(gray, kx, padding=1)
+    ey = torch.nn.functional.conv2d(gray, kx.transpose(2, 3), padding=1)
+    return torch.sqrt(ex ** 2 + ey ** 2 + 1e-6).repeat(1, 3, 1, 1)
+
+
+def make_metrics() -> None:
+    import lpips as lpips_package
+    import pyiqa.archs.dists_arch as pyiqa_dists
+    import pyiqa.archs.lpips_arch as pyiqa_lpips
+    from DISTS_pytorch import DISTS_pt
+    from pyiqa.archs.psnr_arch import PSNR
+    from pyiqa.archs.ssim_arch import SSIM
+
+    os.makedirs(METRICS, exist_ok=True)
+    ref = check_luma_against_pyiqa()
+
+    # PSNR and SSIM: pyiqa with color_space='ycbcr' (SR papers' Y), or RGB.
+    for case, (shape, seed, dtype) in PIXEL_CASES.items():
+        sr, hr = metric_pair(shape, seed, dtype)
+        ref[f"{case}.fingerprint"] = np.concatenate([sr.reshape(-1)[:16], hr.reshape(-1)[-16:]]).astype(np.float32)
+        if case in ("odd", "float"):  # small enough to store, for looking at
+            ref[f"{case}.sr"], ref[f"{case}.hr"] = sr, hr
+        x, y = to_tensor(sr), to_tensor(hr)
+        for y_channel, crop, down in PIXEL_OPTIONS:
+            psnr = PSNR(test_y_channel=y_channel, crop_border=crop, color_space="ycbcr")(x, y)
+            ssim = SSIM(test_y_channel=y_channel, crop_border=crop, color_space="ycbcr", downsample=down)(x, y)
+            ref[pixel_score_name(case, "ssim", y_channel, crop, down)] = ssim.double().numpy()
+            if not down:
+                ref[pixel_score_name(case, "psnr", y_channel, crop, down)] = psnr.double().numpy()
+
+    # The heads: real weights from the lpips and DISTS_pytorch wheels.
+    heads = {}
+    for net in ("alex", "vgg"):
+        path = os.path.join(os.path.dirname(lpips_package.__file__), "weights", "v0.1", f"{net}.pth")
+        for key, value in torch.load(path, map_location="cpu", weights_only=True).items():
+            heads[f"lpips.{net}.{key}"] = value.float().numpy()
+    dists_path = os.path.join(os.path.dirname(DISTS_pt.__file__), "weights.pt")
+    for key, value in torch.load(dists_path, map_location="cpu", weights_only=True).items():
+        heads[f"dists.{key}"] = value.float().numpy()
+    save_tensors(heads, os.path.join(METRICS, "heads.safetensors"))
+
+    alex, vgg = backbone_weights("alexnet"), backbone_weights("vgg16")
+    for name, weights in (("alexnet", alex), ("vgg16", vgg)):
+        first = sorted(weights)[0]
+        ref[f"{name}.fingerprint"] = weights[first].reshape(-1)[:8].copy()
+
+    # LPIPS: the lpips package (normalize=True: [0, 1] inputs) and pyiqa's copy.
+    pyiqa_lpips.models.alexnet = torchvision_stub("alexnet")
+    pyiqa_lpips.models.vgg16 = torchvision_stub("vgg16")
+    lp = {}
+    for net, weights in (("alex", alex), ("vgg", vgg)):
+        model = lpips_package.LPIPS(net=net, pnet_rand=True, verbose=False).eval()
+        load_backbone(model.net, weights)
+        theirs = pyiqa_lpips.LPIPS(net=net, pretrained=False).eval()
+        load_backbone(theirs.net, weights)
+        lins = {k: v for k, v in model.state_dict().items() if k.startswith("lin")}
+        missing, unexpected = theirs.load_state_dict(lins, strict=False)
+        assert not unexpected and not any(k.startswith("lin") for k in missing), (missing, unexpected)
+        lp[net] = (model, theirs)
+    DISTS_pt.models.vgg16 = torchvision_stub("vgg16")
+    pyiqa_dists.models.vgg16 = torchvision_stub("vgg16")
+    dists = DISTS_pt.DISTS(load_weights=False).eval()
+    load_backbone(dists, vgg)
+    dists.alpha.data = torch.from_numpy(heads["dists.alpha"])
+    dists.beta.data = torch.from_numpy(heads["dists.beta"])
+    dists_iqa = pyiqa_dists.DISTS(pretrained=False).eval()
+    dists_iqa.load_state_dict(dists.state_dict())
+
+    for case, (shape, seed, dtype) in PERCEPTUAL_CASES.items():
+        sr, hr = metric_pair(shape, seed, dtype)
+        ref[f"perceptual.{case}.fingerprint"] = np.concatenate([sr.reshape(-1)[:16], hr.reshape(-1)[-16:]]).astype(np.float32)
+        x, y = to_tensor(sr), to_tensor(hr)
+        with torch.no_grad():
+            for net, (model, theirs) in lp.items():
+                total, layers = model(x, y, retPerLayer=True, normalize=True)
+                ref[f"perceptual.{case}.lpips_{net}"] = total.reshape(-1).double().numpy()
+                ref[f"perceptual.{case}.lpips_{net}.layers"] = torch.cat([l.reshape(-1, 1) for l in layers], 1).numpy()
+                ref[f"perceptual.{case}.lpips_{net}.pyiqa"] = theirs(x, y).reshape(-1).double().numpy()
+            ref[f"perceptual.{case}.dists"] = dists(x, y).reshape(-1).double().numpy()
+            ref[f"perceptual.{case}.dists.pyiqa"] = dists_iqa(x, y).reshape(-1).double().numpy()
+            ea = dists(x, y).reshape(-1) + dists(sobel(x), sobel(y)).reshape(-1)
+            ref[f"perceptual.{case}.ea_dists"] = ea.double().numpy()
+    save_tensors(ref, os.path.join(METRICS, "reference.safetensors"))
+    for key in sorted(k for k in ref if ".lpips" in k or ".dists" in k or ".ea_dists" in k):
+        print(f"  {key}: {np.round(ref[key], 6).tolist()}")
+    print(f"wrote {METRICS}")
+
+
 # In dependency order: later sections load the tiny models earlier ones write.
 SECTIONS = {"vae": make_vae, "unet": make_unet, "lora": make_lora, "generator": make_generator,
-            "osediff": make_osediff, "discriminator": make_discriminator}
+            "osediff": make_osediff, "discriminator": make_discriminator, "metrics": make_metrics}
 
 
 def main() -> None:

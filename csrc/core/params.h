@@ -14,7 +14,7 @@
 
 /* How the backend lays a weight out (see ops/backend.h). */
 typedef enum {
-    D3SR_WEIGHT_VECTOR, /* [c]: biases, norm scales */
+    D3SR_WEIGHT_VECTOR, /* [c] (or [1, c, 1, 1]): biases, norm scales, per-channel weights */
     D3SR_WEIGHT_LINEAR, /* [out, in] */
     D3SR_WEIGHT_CONV,   /* [out, in, kh, kw] */
 } d3sr_weight_kind;

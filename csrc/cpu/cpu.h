@@ -69,6 +69,12 @@ d3sr_status cpu_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b)
 d3sr_status cpu_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
 d3sr_status cpu_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b, d3sr_tensor *out);
 
+d3sr_status cpu_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out);
+d3sr_status cpu_l2_pool(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+d3sr_status cpu_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                               const d3sr_tensor *weight, d3sr_tensor *out);
+d3sr_status cpu_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b, d3sr_tensor *out);
+
 /* Fills rows [row0, row1) of a [rows, cols] matrix with bias (or 0) plus residual
  * (when not NULL); the matrix product then accumulates with beta = 1. */
 void cpu_init_rows(float *out, const float *bias, const float *residual, size_t row0, size_t row1,

@@ -115,4 +115,8 @@ const d3sr_backend d3sr_cpu_backend = {
     .add_inplace = cpu_add_inplace,
     .add_channel_offset = cpu_add_channel_offset,
     .concat_channels = cpu_concat_channels,
+    .max_pool = cpu_max_pool,
+    .l2_pool = cpu_l2_pool,
+    .lpips_distance = cpu_lpips_distance,
+    .pair_moments = cpu_pair_moments,
 };

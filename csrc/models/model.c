@@ -13,6 +13,7 @@ static const char *kind_name(d3sr_model_kind kind)
     case D3SR_MODEL_VAE: return "VAE";
     case D3SR_MODEL_UNET: return "UNet";
     case D3SR_MODEL_HEAD: return "patch head";
+    case D3SR_MODEL_PERCEPTUAL: return "perceptual metric network";
     }
     return "model";
 }

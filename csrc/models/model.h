@@ -15,6 +15,7 @@ typedef enum {
     D3SR_MODEL_VAE,
     D3SR_MODEL_UNET,
     D3SR_MODEL_HEAD,
+    D3SR_MODEL_PERCEPTUAL,
 } d3sr_model_kind;
 
 struct d3sr_model {

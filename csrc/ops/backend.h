@@ -45,12 +45,19 @@ struct d3sr_backend {
                               d3sr_tensor *out);
     d3sr_status (*upsample_nearest)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
     d3sr_status (*geglu)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+    /* out may be x itself (in place) */
     d3sr_status (*activation)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
                               d3sr_tensor *out);
     d3sr_status (*add_inplace)(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
     d3sr_status (*add_channel_offset)(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
     d3sr_status (*concat_channels)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
                                    d3sr_tensor *out);
+    d3sr_status (*max_pool)(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out);
+    d3sr_status (*l2_pool)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+    d3sr_status (*lpips_distance)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                  const d3sr_tensor *weight, d3sr_tensor *out);
+    d3sr_status (*pair_moments)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                d3sr_tensor *out);
 };
 
 extern const d3sr_backend d3sr_cpu_backend;

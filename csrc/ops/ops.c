@@ -75,7 +75,7 @@ const char *const d3sr_op_names[D3SR_OP_COUNT] = {
     [D3SR_OP_TRANSFER] = "transfer", [D3SR_OP_CONV2D] = "conv2d", [D3SR_OP_LINEAR] = "linear",
     [D3SR_OP_GROUP_NORM] = "group_norm", [D3SR_OP_LAYER_NORM] = "layer_norm", [D3SR_OP_ATTENTION] = "attention",
     [D3SR_OP_UPSAMPLE] = "upsample", [D3SR_OP_GEGLU] = "geglu", [D3SR_OP_ACTIVATION] = "activation",
-    [D3SR_OP_ADD] = "add", [D3SR_OP_CONCAT] = "concat",
+    [D3SR_OP_ADD] = "add", [D3SR_OP_CONCAT] = "concat", [D3SR_OP_POOL] = "pool", [D3SR_OP_METRIC] = "metric",
 };
 
 static double profile_begin(const d3sr_ctx *ctx)
@@ -200,7 +200,7 @@ d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtyp
     switch (param->kind) {
     case D3SR_WEIGHT_CONV: dst->n = (int)s[0]; dst->h = (int)s[2]; dst->w = (int)s[3]; dst->c = (int)s[1]; break;
     case D3SR_WEIGHT_LINEAR: dst->n = 1; dst->h = 1; dst->w = (int)s[0]; dst->c = (int)s[1]; break;
-    case D3SR_WEIGHT_VECTOR: dst->n = 1; dst->h = 1; dst->w = 1; dst->c = (int)s[0]; break;
+    case D3SR_WEIGHT_VECTOR: dst->n = 1; dst->h = 1; dst->w = 1; dst->c = (int)count; break; /* [c] or [1, c, 1, 1] */
     }
     d3sr_status status = ctx->backend->upload_weight(ctx, param->kind, f32, dst);
     free(converted);
@@ -417,6 +417,15 @@ d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation
     return profile_end(ctx, D3SR_OP_ACTIVATION, start, ctx->backend->activation(ctx, x, kind, param, out));
 }
 
+d3sr_status d3sr_activation_inplace(d3sr_ctx *ctx, d3sr_tensor *x, d3sr_activation_kind kind, float param)
+{
+    if (kind < D3SR_ACT_SILU || kind > D3SR_ACT_GELU)
+        return d3sr_fail(D3SR_ERR_VALUE, "activation: unknown kind %d", (int)kind);
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_ACTIVATION, start, ctx->backend->activation(ctx, x, kind, param, x));
+}
+
 d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset)
 {
     if (offset->n != x->n || offset->c != x->c || offset->h != 1 || offset->w != 1)
@@ -447,6 +456,63 @@ d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
     double start = profile_begin(ctx);
     return profile_end(ctx, D3SR_OP_ADD, start, ctx->backend->add_inplace(ctx, a, b));
+}
+
+d3sr_status d3sr_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out)
+{
+    if (kernel < 1 || stride < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "max_pool: kernel %d and stride %d must be positive", kernel, stride);
+    if (x->h < kernel || x->w < kernel)
+        return d3sr_fail(D3SR_ERR_VALUE, "max_pool: a %dx%d input is smaller than the %dx%d window", x->h, x->w,
+                         kernel, kernel);
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - kernel) / stride + 1, (x->w - kernel) / stride + 1, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_POOL, start, ctx->backend->max_pool(ctx, x, kernel, stride, out));
+}
+
+d3sr_status d3sr_l2_pool(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
+{
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - 1) / 2 + 1, (x->w - 1) / 2 + 1, x->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_POOL, start, ctx->backend->l2_pool(ctx, x, out));
+}
+
+d3sr_status d3sr_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                const d3sr_tensor *weight, d3sr_tensor *out)
+{
+    if (!same_shape(a, b))
+        return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
+                         a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
+    if (d3sr_tensor_numel(weight) != (size_t)a->c)
+        return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: %zu weights for %d channels", d3sr_tensor_numel(weight), a->c);
+    D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 1, 1, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_METRIC, start, ctx->backend->lpips_distance(ctx, a, b, weight, out));
+}
+
+d3sr_status d3sr_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                              d3sr_tensor *out)
+{
+    if (!same_shape(a, b))
+        return d3sr_fail(D3SR_ERR_VALUE, "pair_moments: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
+                         a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
+    D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 5, a->c, out));
+    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    double start = profile_begin(ctx);
+    return profile_end(ctx, D3SR_OP_METRIC, start, ctx->backend->pair_moments(ctx, a, b, out));
+}
+
+d3sr_status d3sr_batch_slice(const d3sr_tensor *x, int n0, int n1, d3sr_tensor *out)
+{
+    if (n0 < 0 || n1 > x->n || n0 >= n1)
+        return d3sr_fail(D3SR_ERR_VALUE, "internal error: samples [%d, %d) of a batch of %d", n0, n1, x->n);
+    *out = *x;
+    out->n = n1 - n0;
+    out->data = (char *)x->data + (size_t)n0 * x->h * x->w * x->c * d3sr_dtype_size(x->dtype);
+    return D3SR_OK;
 }
 
 d3sr_status d3sr_reshape(const d3sr_tensor *x, int n, int h, int w, int c, d3sr_tensor *out)

@@ -32,7 +32,8 @@ typedef struct {
 /* Per-op time of the backend's kernels, when profiling is on. */
 typedef enum {
     D3SR_OP_TRANSFER, D3SR_OP_CONV2D, D3SR_OP_LINEAR, D3SR_OP_GROUP_NORM, D3SR_OP_LAYER_NORM, D3SR_OP_ATTENTION,
-    D3SR_OP_UPSAMPLE, D3SR_OP_GEGLU, D3SR_OP_ACTIVATION, D3SR_OP_ADD, D3SR_OP_CONCAT, D3SR_OP_COUNT,
+    D3SR_OP_UPSAMPLE, D3SR_OP_GEGLU, D3SR_OP_ACTIVATION, D3SR_OP_ADD, D3SR_OP_CONCAT, D3SR_OP_POOL,
+    D3SR_OP_METRIC, D3SR_OP_COUNT,
 } d3sr_op_id;
 
 extern const char *const d3sr_op_names[D3SR_OP_COUNT];
@@ -171,6 +172,9 @@ typedef enum {
 d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
                             d3sr_tensor *out);
 
+/* The same in place (the metrics' backbones keep one buffer per layer). */
+d3sr_status d3sr_activation_inplace(d3sr_ctx *ctx, d3sr_tensor *x, d3sr_activation_kind kind, float param);
+
 /* a += b (same shape). */
 d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b);
 
@@ -181,6 +185,33 @@ d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_te
 /* out = [a | b] along channels (the UNet's skip connections). */
 d3sr_status d3sr_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
                                  d3sr_tensor *out);
+
+/* ---- ops of the perceptual metrics (LPIPS, DISTS) ------------------------ */
+
+/* PyTorch's MaxPool2d(kernel, stride): no padding, floor mode. */
+d3sr_status d3sr_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out);
+
+/* DISTS' L2 pooling per channel: out = sqrt(g * x^2 + 1e-12), g the 3x3 Hann
+ * window [1 2 1]^T [1 2 1] / 16, stride 2, zero padding 1, so an h x w input
+ * gives floor((h - 1) / 2) + 1 x floor((w - 1) / 2) + 1. */
+d3sr_status d3sr_l2_pool(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
+
+/* LPIPS' distance of one layer: a, b [n, h, w, c], weight [1, 1, 1, c] (the
+ * layer's 1x1 "lin" conv, no bias) -> out [n, 1, 1, 1], the mean over pixels of
+ * sum_c w_c (a_c / (|a| + 1e-10) - b_c / (|b| + 1e-10))^2, |.| the L2 norm over
+ * channels. Sums are float64. */
+d3sr_status d3sr_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                                const d3sr_tensor *weight, d3sr_tensor *out);
+
+/* Moments over the pixels of each sample and channel of a pair a, b [n, h, w, c]
+ * -> out [n, 1, 5, c], rows: mean a, mean b, var a, var b, cov(a, b), the
+ * variances divided by h*w (as DISTS' .mean()). Two passes in float64, so a
+ * large mean cannot cancel a variance away. */
+d3sr_status d3sr_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
+                              d3sr_tensor *out);
+
+/* A view of samples [n0, n1) of x (never released on its own). */
+d3sr_status d3sr_batch_slice(const d3sr_tensor *x, int n0, int n1, d3sr_tensor *out);
 
 /* A view of the same data with another shape of equal element count. */
 d3sr_status d3sr_reshape(const d3sr_tensor *x, int n, int h, int w, int c, d3sr_tensor *out);

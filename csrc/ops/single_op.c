@@ -257,6 +257,21 @@ d3sr_status d3sr_single_shape(d3sr_single_kind kind, const int a[4], const int b
         out[1] = size[0];
         out[2] = size[1];
         return D3SR_OK;
+    case D3SR_SINGLE_MAX_POOL:
+        if (size[0] < 1 || size[1] < 1) return d3sr_fail(D3SR_ERR_VALUE, "max_pool: kernel and stride must be positive");
+        if (a[1] < size[0] || a[2] < size[0]) return d3sr_fail(D3SR_ERR_VALUE, "max_pool: the input is smaller than the window");
+        out[1] = (a[1] - size[0]) / size[1] + 1;
+        out[2] = (a[2] - size[0]) / size[1] + 1;
+        return D3SR_OK;
+    case D3SR_SINGLE_L2_POOL:
+        out[1] = (a[1] - 1) / 2 + 1;
+        out[2] = (a[2] - 1) / 2 + 1;
+        return D3SR_OK;
+    case D3SR_SINGLE_PAIR_MOMENTS:
+        if (memcmp(a, b, 4 * sizeof *a)) return d3sr_fail(D3SR_ERR_VALUE, "pair_moments needs equal shapes");
+        out[1] = 1;
+        out[2] = 5;
+        return D3SR_OK;
     }
     return d3sr_fail(D3SR_ERR_VALUE, "unknown op %d", (int)kind);
 }
@@ -285,6 +300,9 @@ static d3sr_status simple_forward(d3sr_ctx *ctx, void *arg)
     case D3SR_SINGLE_ADD_CHANNEL_OFFSET: D3SR_CHECK(d3sr_add_channel_offset(ctx, &a, &b)); y = a; break;
     case D3SR_SINGLE_CONCAT: D3SR_CHECK(d3sr_concat_channels(ctx, &a, &b, &y)); break;
     case D3SR_SINGLE_UPSAMPLE_NEAREST: D3SR_CHECK(d3sr_upsample_nearest(ctx, &a, call->size[0], call->size[1], &y)); break;
+    case D3SR_SINGLE_MAX_POOL: D3SR_CHECK(d3sr_max_pool(ctx, &a, call->size[0], call->size[1], &y)); break;
+    case D3SR_SINGLE_L2_POOL: D3SR_CHECK(d3sr_l2_pool(ctx, &a, &y)); break;
+    case D3SR_SINGLE_PAIR_MOMENTS: D3SR_CHECK(d3sr_pair_moments(ctx, &a, &b, &y)); break;
     }
     return d3sr_download(ctx, &y, call->out);
 }
@@ -295,13 +313,49 @@ d3sr_status d3sr_single_run(const char *device, d3sr_dtype dtype, d3sr_single_ki
 {
     int out_shape[4];
     D3SR_CHECK(d3sr_single_shape(kind, a_shape, b_shape, size, out_shape));
-    int needs_b = kind == D3SR_SINGLE_ADD || kind == D3SR_SINGLE_ADD_CHANNEL_OFFSET || kind == D3SR_SINGLE_CONCAT;
+    int needs_b = kind == D3SR_SINGLE_ADD || kind == D3SR_SINGLE_ADD_CHANNEL_OFFSET || kind == D3SR_SINGLE_CONCAT ||
+                  kind == D3SR_SINGLE_PAIR_MOMENTS;
     if (needs_b != (b != NULL)) return d3sr_fail(D3SR_ERR_VALUE, needs_b ? "this op takes a second tensor" : "this op takes one tensor");
     single_env env;
     d3sr_status status = env_init(&env, device, dtype);
     if (status == D3SR_OK) {
         simple_call call = {kind, a, b, a_shape, b_shape, size, out};
         status = d3sr_ctx_run(&env.ctx, simple_forward, &call);
+    }
+    env_free(&env);
+    return status;
+}
+
+/* ---- LPIPS distance ---------------------------------------------------- */
+
+typedef struct {
+    const float *a, *b, *weight;
+    const int *shape;
+    float *out;
+} lpips_call;
+
+static d3sr_status lpips_forward(d3sr_ctx *ctx, void *arg)
+{
+    const lpips_call *call = arg;
+    const int *s = call->shape;
+    d3sr_tensor a, b, w, y;
+    D3SR_CHECK(d3sr_upload(ctx, call->a, s[0], s[1], s[2], s[3], &a));
+    D3SR_CHECK(d3sr_upload(ctx, call->b, s[0], s[1], s[2], s[3], &b));
+    D3SR_CHECK(d3sr_upload(ctx, call->weight, 1, 1, 1, s[3], &w));
+    D3SR_CHECK(d3sr_lpips_distance(ctx, &a, &b, &w, &y));
+    return d3sr_download(ctx, &y, call->out);
+}
+
+d3sr_status d3sr_single_lpips_distance(const char *device, d3sr_dtype dtype, const float *a, const float *b,
+                                       const int shape[4], const float *weight, float *out)
+{
+    for (int i = 0; i < 4; i++)
+        if (shape[i] < 1) return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: the input has an empty dimension");
+    single_env env;
+    d3sr_status status = env_init(&env, device, dtype);
+    if (status == D3SR_OK) {
+        lpips_call call = {a, b, weight, shape, out};
+        status = d3sr_ctx_run(&env.ctx, lpips_forward, &call);
     }
     env_free(&env);
     return status;

@@ -42,6 +42,9 @@ typedef enum {
     D3SR_SINGLE_ADD_CHANNEL_OFFSET, /* a + b, b [n, 1, 1, c] */
     D3SR_SINGLE_CONCAT,             /* [a | b] along channels */
     D3SR_SINGLE_UPSAMPLE_NEAREST,   /* a resized to size[0] x size[1] */
+    D3SR_SINGLE_MAX_POOL,           /* max pooling, kernel size[0], stride size[1] */
+    D3SR_SINGLE_L2_POOL,            /* DISTS' L2 pooling */
+    D3SR_SINGLE_PAIR_MOMENTS,       /* per-channel moments of (a, b): [n, 1, 5, c] */
 } d3sr_single_kind;
 
 /* The output shape of a weightless op, or D3SR_ERR_VALUE when the shapes disagree. */
@@ -50,5 +53,10 @@ D3SR_API d3sr_status d3sr_single_shape(d3sr_single_kind kind, const int a_shape[
 D3SR_API d3sr_status d3sr_single_run(const char *device, d3sr_dtype dtype, d3sr_single_kind kind,
                                      const float *a, const int a_shape[4], const float *b,
                                      const int b_shape[4], const int size[2], float *out);
+
+/* LPIPS' distance of one layer: a, b [n, h, w, c], weight [c] -> out [n]. */
+D3SR_API d3sr_status d3sr_single_lpips_distance(const char *device, d3sr_dtype dtype, const float *a,
+                                                const float *b, const int shape[4], const float *weight,
+                                                float *out);
 
 #endif /* D3SR_OPS_SINGLE_OP_H */

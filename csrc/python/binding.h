@@ -17,6 +17,7 @@
 #define NO_IMPORT_ARRAY
 #endif
 #include <numpy/arrayobject.h>
+#include <pythread.h>
 
 #include "../d3sr.h"
 
@@ -30,5 +31,16 @@ PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim);
 
 /* "fp32", "fp16", "bf16" -> dtype; -1 with ValueError otherwise. */
 int parse_dtype(const char *name, d3sr_dtype *out);
+
+/* A new d3sr._core.Model owning model (freed if this fails; NULL then). */
+PyObject *wrap_model(d3sr_model *model);
+
+/* The core model of a d3sr._core.Model and the lock its calls hold with the
+ * GIL released; -1 with a TypeError naming arg if obj is not one. */
+int unwrap_model(PyObject *obj, const char *arg, d3sr_model **model, PyThread_type_lock *lock);
+
+/* ---- method tables of the other binding files ------------------------- */
+
+extern PyMethodDef metrics_methods[]; /* metrics.c: PSNR, SSIM, LPIPS, DISTS */
 
 #endif /* D3SR_PYTHON_BINDING_H */

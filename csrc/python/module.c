@@ -79,7 +79,7 @@ static void model_dealloc(ModelObject *self)
 
 static PyTypeObject ModelType;
 
-static PyObject *wrap_model(d3sr_model *model)
+PyObject *wrap_model(d3sr_model *model)
 {
     ModelObject *self = PyObject_New(ModelObject, &ModelType);
     if (!self) {
@@ -93,6 +93,17 @@ static PyObject *wrap_model(d3sr_model *model)
         return PyErr_NoMemory();
     }
     return (PyObject *)self;
+}
+
+int unwrap_model(PyObject *obj, const char *arg, d3sr_model **model, PyThread_type_lock *lock)
+{
+    if (!PyObject_TypeCheck(obj, &ModelType)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a d3sr._core.Model, not %s", arg, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *model = ((ModelObject *)obj)->model;
+    *lock = ((ModelObject *)obj)->lock;
+    return 0;
 }
 
 #define RUN_LOCKED(self, call)                         \
@@ -874,7 +885,7 @@ static PyMethodDef module_methods[] = {
 };
 
 /* Method tables of the other binding files (binding.h), added to the module. */
-static PyMethodDef *const binding_extensions[] = {NULL};
+static PyMethodDef *const binding_extensions[] = {metrics_methods, NULL};
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "d3sr._core", "The C core of d3sr; use the d3sr package instead.", -1, module_methods,
@@ -904,7 +915,10 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "OP_ADD", D3SR_SINGLE_ADD) < 0 ||
         PyModule_AddIntConstant(m, "OP_ADD_CHANNEL_OFFSET", D3SR_SINGLE_ADD_CHANNEL_OFFSET) < 0 ||
         PyModule_AddIntConstant(m, "OP_CONCAT", D3SR_SINGLE_CONCAT) < 0 ||
-        PyModule_AddIntConstant(m, "OP_UPSAMPLE_NEAREST", D3SR_SINGLE_UPSAMPLE_NEAREST) < 0) {
+        PyModule_AddIntConstant(m, "OP_UPSAMPLE_NEAREST", D3SR_SINGLE_UPSAMPLE_NEAREST) < 0 ||
+        PyModule_AddIntConstant(m, "OP_MAX_POOL", D3SR_SINGLE_MAX_POOL) < 0 ||
+        PyModule_AddIntConstant(m, "OP_L2_POOL", D3SR_SINGLE_L2_POOL) < 0 ||
+        PyModule_AddIntConstant(m, "OP_PAIR_MOMENTS", D3SR_SINGLE_PAIR_MOMENTS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
