@@ -311,8 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d3sr", description="D3SR one-step diffusion super-resolution "
                                                                "and image-quality metrics.")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_eval(sub)
-    add_convert_metric_weights(sub)
 
     p = sub.add_parser("upscale", help="super-resolve image files with a generator checkpoint")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -323,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.set_defaults(run=run_upscale)
+
+    add_eval(sub)
 
     p = sub.add_parser("make-checkpoint", help="assemble a generator checkpoint folder")
     p.add_argument("--sd", required=True, help="an SD 2.1-base diffusers folder (with unet/ and vae/)")
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pkl", help="OSEDiff's saved model (a torch pickle)")
     p.add_argument("-o", "--output", required=True, help="folder for unet_lora.safetensors and vae_lora.safetensors")
     p.set_defaults(run=run_convert_osediff)
+
+    add_convert_metric_weights(sub)
 
     p = sub.add_parser("demo", help="run the whole generator on random weights (no download needed)")
     p.add_argument("--size", type=int, default=128, help="input side in pixels; the output is 4x")
