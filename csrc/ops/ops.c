@@ -96,6 +96,12 @@ static d3sr_status profile_end(d3sr_ctx *ctx, d3sr_op_id op, double start, d3sr_
     return D3SR_OK;
 }
 
+/* Ops a backend may leave out (the metrics' ones): an error, not a NULL call. */
+static d3sr_status unsupported(const d3sr_ctx *ctx, const char *op)
+{
+    return d3sr_fail(D3SR_ERR_UNAVAILABLE, "%s is not implemented on device '%s'", op, ctx->backend->name);
+}
+
 /* ---- weights ----------------------------------------------------------- */
 
 d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char *prefix, int cin,
@@ -467,6 +473,7 @@ d3sr_status d3sr_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int s
                          kernel, kernel);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - kernel) / stride + 1, (x->w - kernel) / stride + 1, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (!ctx->backend->max_pool) return unsupported(ctx, "max_pool");
     double start = profile_begin(ctx);
     return profile_end(ctx, D3SR_OP_POOL, start, ctx->backend->max_pool(ctx, x, kernel, stride, out));
 }
@@ -475,6 +482,7 @@ d3sr_status d3sr_l2_pool(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
 {
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - 1) / 2 + 1, (x->w - 1) / 2 + 1, x->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (!ctx->backend->l2_pool) return unsupported(ctx, "l2_pool");
     double start = profile_begin(ctx);
     return profile_end(ctx, D3SR_OP_POOL, start, ctx->backend->l2_pool(ctx, x, out));
 }
@@ -489,6 +497,7 @@ d3sr_status d3sr_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_
         return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: %zu weights for %d channels", d3sr_tensor_numel(weight), a->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 1, 1, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (!ctx->backend->lpips_distance) return unsupported(ctx, "lpips_distance");
     double start = profile_begin(ctx);
     return profile_end(ctx, D3SR_OP_METRIC, start, ctx->backend->lpips_distance(ctx, a, b, weight, out));
 }
@@ -501,6 +510,7 @@ d3sr_status d3sr_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_te
                          a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 5, a->c, out));
     if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (!ctx->backend->pair_moments) return unsupported(ctx, "pair_moments");
     double start = profile_begin(ctx);
     return profile_end(ctx, D3SR_OP_METRIC, start, ctx->backend->pair_moments(ctx, a, b, out));
 }
