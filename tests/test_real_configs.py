@@ -6,6 +6,7 @@ Each model runs in its own process so its peak RSS (ru_maxrss) is its own.
 import json
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -23,7 +24,10 @@ def peak_bytes():
 
 
 def run_child(code: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code)], capture_output=True, text=True)
+    # From a neutral folder: `python -c` puts the working directory first on sys.path, and a
+    # source checkout there would shadow the installed d3sr.
+    proc = subprocess.run([sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
