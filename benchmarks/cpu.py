@@ -78,8 +78,7 @@ def d3sr_engine(task, inputs):
 
     def unet():
         model = d3sr.UNet.from_config(unet_config)
-        for name, array in testing.iter_random_weights(model.weight_shapes(), seed=2):
-            model._model.set_weight(name, array)
+        model.load_weights(testing.iter_random_weights(model.weight_shapes(), seed=2))
         return model
 
     if task == "vae_encode":
@@ -91,8 +90,7 @@ def d3sr_engine(task, inputs):
         return (lambda z: model(z, TIMESTEP, inputs["context"])), inputs["z"]
     if task == "disc_trunk":
         trunk = d3sr.UNet.from_config(testing.real_config("sdxl-base-unet"), trunk_only=True)
-        for name, array in testing.iter_random_weights(trunk.weight_shapes(), seed=3):
-            trunk._model.set_weight(name, array)
+        trunk.load_weights(testing.iter_random_weights(trunk.weight_shapes(), seed=3))
         return (lambda z: trunk(z, DISC_TIMESTEP, inputs["context"], inputs["text_embeds"], inputs["time_ids"])), \
             inputs["z"]
     upscaler = d3sr.Upscaler(vae(("encoder", "decoder")), unet(), inputs["context"][0],

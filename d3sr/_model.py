@@ -2,7 +2,7 @@
 memory reports and capturing each block's output."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Iterable, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -14,10 +14,11 @@ class CoreModel:
 
     _model = None
 
-    def load_weights(self, weights: Dict[str, np.ndarray]) -> None:
-        """Sets every weight from a {state_dict name: array} mapping; a missing
-        one is an error naming it."""
-        load_arrays(self._model, weights.items())
+    def load_weights(self, weights: Union[Mapping[str, np.ndarray], Iterable[Tuple[str, np.ndarray]]]) -> None:
+        """Sets every weight from a {state_dict name: array} mapping, or from
+        (name, array) pairs one at a time (e.g. d3sr.testing.iter_random_weights,
+        so a large model is never held twice); a missing one is an error naming it."""
+        load_arrays(self._model, weights.items() if hasattr(weights, "items") else weights)
 
     def weight_shapes(self) -> Dict[str, Tuple[int, ...]]:
         """{state_dict name: shape} of every weight this model expects."""

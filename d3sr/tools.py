@@ -170,7 +170,7 @@ def demo(size: int = 128, tiny: bool = False, output: str = "d3sr_demo.png", thr
     that the pipeline runs, not a super-resolved image: the weights are noise."""
     import d3sr
     from d3sr.checkpoint import GENERATOR_DEFAULTS as config
-    from d3sr.testing import random_images, random_weights, real_config
+    from d3sr.testing import iter_random_weights, random_images, real_config
 
     if threads:
         d3sr.set_num_threads(threads)
@@ -184,9 +184,9 @@ def demo(size: int = 128, tiny: bool = False, output: str = "d3sr_demo.png", thr
         vae_config, unet_config = real_config("sd21-vae"), real_config("sd21-base-unet")
     start = time.perf_counter()
     vae = d3sr.VAE.from_config(vae_config)
-    vae.load_weights(random_weights(vae.weight_shapes(), seed=0))
+    vae.load_weights(iter_random_weights(vae.weight_shapes(), seed=0))
     unet = d3sr.UNet.from_config(unet_config)
-    unet.load_weights(random_weights(unet.weight_shapes(), seed=1))
+    unet.load_weights(iter_random_weights(unet.weight_shapes(), seed=1))
     embedding = np.random.default_rng(2).standard_normal((77, unet.config["cross_attention_dim"])).astype(np.float32)
     upscaler = d3sr.Upscaler(vae, unet, embedding, dict(config))
     print(f"built {'a tiny' if tiny else 'the SD 2.1-base'} generator with random weights in "

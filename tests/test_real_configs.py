@@ -68,8 +68,7 @@ def test_sdxl_unet_runs_with_text_time_conditioning():
     result = run_child("""
         unet = d3sr.UNet.from_config(real_config("sdxl-base-unet"))
         before = peak_bytes()
-        for name, array in iter_random_weights(unet.weight_shapes(), seed=1):
-            unet._model.set_weight(name, array)
+        unet.load_weights(iter_random_weights(unet.weight_shapes(), seed=1))
         loading = peak_bytes() - before
         rng = np.random.default_rng(1)
         out = unet(rng.standard_normal((1, 4, 8, 8)).astype(np.float32), 999,
