@@ -2,7 +2,7 @@
  *
  * OpenBLAS is kept single-threaded and each of our threads multiplies a slab:
  * rows of C when M is large (each slab repacks B, which costs little when the
- * slab is tall), else columns. One pool of threads is then running at a time.
+ * slab is tall), else 128-column slabs. One pool of threads runs at a time.
  */
 #include <pthread.h>
 
@@ -34,7 +34,11 @@ void cpu_gemm_serial(int b_trans, int M, int N, int K, const float *A, int lda, 
 }
 
 /* Rows per thread below which splitting over columns keeps threads busier. */
-#define MIN_ROWS_PER_THREAD 96
+#define MIN_ROWS_PER_THREAD 64
+/* Column slabs when splitting over columns: measured on 2 threads, 128-column
+ * slabs scheduled dynamically run at full speed where halves ran at half
+ * (OpenBLAS blocks a 640-wide slab badly, e.g. the text context's k/v). */
+#define COLUMN_SLAB 128
 
 void cpu_gemm(int b_trans, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
               float beta, float *C, int ldc)
@@ -45,15 +49,14 @@ void cpu_gemm(int b_trans, int M, int N, int K, const float *A, int lda, const f
         cpu_gemm_serial(b_trans, M, N, K, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    int by_rows = M >= MIN_ROWS_PER_THREAD * threads || M >= N;
+    if (M >= MIN_ROWS_PER_THREAD * threads) {
 #pragma omp parallel num_threads(threads)
-    {
+        {
 #ifdef _OPENMP
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
 #else
-        int t = 0, nt = 1;
+            int t = 0, nt = 1;
 #endif
-        if (by_rows) {
             /* Slab edges on multiples of 16 rows keep OpenBLAS's micro-tiles whole. */
             int step = (M + nt - 1) / nt;
             step = (step + 15) / 16 * 16;
@@ -61,14 +64,14 @@ void cpu_gemm(int b_trans, int M, int N, int K, const float *A, int lda, const f
             if (m0 < m1)
                 cpu_gemm_serial(b_trans, m1 - m0, N, K, A + (size_t)m0 * lda, lda, B, ldb, beta,
                                 C + (size_t)m0 * ldc, ldc);
-        } else {
-            int step = (N + nt - 1) / nt;
-            step = (step + 15) / 16 * 16;
-            int n0 = t * step, n1 = n0 + step < N ? n0 + step : N;
-            if (n0 < n1) {
-                const float *Bt = b_trans ? B + (size_t)n0 * ldb : B + n0;
-                cpu_gemm_serial(b_trans, M, n1 - n0, K, A, lda, Bt, ldb, beta, C + n0, ldc);
-            }
         }
+        return;
+    }
+    const int slabs = (N + COLUMN_SLAB - 1) / COLUMN_SLAB;
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
+    for (int slab = 0; slab < slabs; slab++) {
+        int n0 = slab * COLUMN_SLAB, n1 = n0 + COLUMN_SLAB < N ? n0 + COLUMN_SLAB : N;
+        const float *Bt = b_trans ? B + (size_t)n0 * ldb : B + n0;
+        cpu_gemm_serial(b_trans, M, n1 - n0, K, A, lda, Bt, ldb, beta, C + n0, ldc);
     }
 }
