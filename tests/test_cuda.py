@@ -112,6 +112,15 @@ def test_asking_for_cuda_raises_the_reason(make):
     assert WHY in str(error.value)
 
 
+def test_default_dtype_is_fp32_on_the_cpu_and_bf16_on_cuda():
+    from d3sr import _checks
+
+    assert _checks.device_and_dtype("cpu", None) == "fp32"
+    assert _checks.device_and_dtype("cuda", None) == "bf16"
+    assert _checks.device_and_dtype("cuda", "fp16") == "fp16"
+    assert d3sr.VAE.from_config({"block_out_channels": [8], "norm_num_groups": 4}).dtype == "fp32"
+
+
 class CoreServices(ctypes.Structure):
     """ops/backend.h's d3sr_core_services."""
     _fields_ = [("abi", ctypes.c_int), ("fail", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
@@ -447,6 +456,8 @@ def test_weights_are_stored_in_the_models_dtype():
     cpu = d3sr.VAE.load(folder).memory()["weights"]
     assert d3sr.VAE.load(folder, device="cuda", dtype="fp32").memory()["weights"] == cpu
     assert d3sr.VAE.load(folder, device="cuda", dtype="bf16").memory()["weights"] == cpu // 2
+    default = d3sr.VAE.load(folder, device="cuda")  # bf16 unless asked otherwise
+    assert default.dtype == "bf16" and default.memory()["weights"] == cpu // 2
 
 
 @needs_gpu
