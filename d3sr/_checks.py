@@ -2,10 +2,15 @@
 what was expected, before anything reaches the C core."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "fp16", "bf16")
+# dtype=None: the CPU computes in fp32 only; the GPU stores bf16 by default
+# (DESIGN.md section 4), keeping fp32's range with half the memory and traffic.
+DEFAULT_DTYPES = {"cpu": "fp32", "cuda": "bf16"}
 
 
 def float32_array(value, name: str, ndim: int, layout: str) -> np.ndarray:
@@ -19,10 +24,14 @@ def float32_array(value, name: str, ndim: int, layout: str) -> np.ndarray:
     return value
 
 
-def device_and_dtype(device: str, dtype: str) -> None:
+def device_and_dtype(device: str, dtype: Optional[str]) -> str:
+    """Checks device and dtype; returns the dtype, None giving the device's default."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    if dtype is None:
+        return DEFAULT_DTYPES[device]
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
     if device == "cpu" and dtype != "fp32":
         raise ValueError(f"dtype {dtype!r} needs device='cuda'; the CPU computes in 'fp32'")
+    return dtype

@@ -1,6 +1,6 @@
 """The `d3sr` command: upscale images, score them, build checkpoints, try the pipeline.
 
-    d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32]
+    d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32|fp16|bf16]
     d3sr eval --sr DIR --hr DIR [--metrics psnr,ssim,lpips,dists,ea_dists] [--crop-border N] [--csv FILE]
     d3sr make-checkpoint --sd DIR --text-embedding FILE -o DIR [--unet-lora F] [--vae-lora F] ...
     d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="folder with d3sr.json")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
+                   help="default: fp32 on the CPU, bf16 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.set_defaults(run=run_upscale)
 

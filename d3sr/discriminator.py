@@ -29,17 +29,17 @@ class PatchHead(CoreModel):
     """The per-location MLP: features [N, C, h, w] -> logits [N, 1, h, w]."""
 
     def __init__(self, in_channels: int, hidden: int, activation: str = "silu", negative_slope: float = 0.2, *,
-                 device: str = "cpu", dtype: str = "fp32"):
+                 device: str = "cpu", dtype: Optional[str] = None):
         if activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"activation must be one of {HEAD_ACTIVATIONS}, not {activation!r}")
-        _checks.device_and_dtype(device, dtype)
+        dtype = _checks.device_and_dtype(device, dtype)
         self.in_channels, self.hidden, self.activation = in_channels, hidden, activation
         self._model = _core.head_create(in_channels, hidden, HEAD_ACTIVATIONS.index(activation), negative_slope,
                                         device, dtype)
 
     @classmethod
     def load(cls, path: str, activation: str = "silu", negative_slope: float = 0.2, *, device: str = "cpu",
-             dtype: str = "fp32") -> "PatchHead":
+             dtype: Optional[str] = None) -> "PatchHead":
         """A head from a .safetensors file with nn.Sequential's names ("0.weight", "0.bias", "2.weight", "2.bias")."""
         with WeightFile(path) as f:
             if "0.weight" not in f.keys():
@@ -77,10 +77,11 @@ class Discriminator:
         self.alphas_cumprod = alphas_cumprod(config["schedule"])
 
     @classmethod
-    def load(cls, path: str, *, device: str = "cpu", dtype: str = "fp32") -> "Discriminator":
+    def load(cls, path: str, *, device: str = "cpu", dtype: Optional[str] = None) -> "Discriminator":
         """Loads a discriminator checkpoint folder (see d3sr.checkpoint): only the
-        trunk of its UNet is read; up blocks never reach memory."""
-        _checks.device_and_dtype(device, dtype)
+        trunk of its UNet is read; up blocks never reach memory. dtype None: fp32 on
+        the CPU, bf16 on CUDA."""
+        dtype = _checks.device_and_dtype(device, dtype)
         config = read_discriminator_config(path)
         lora = LoRA.load(config["unet_lora"]) if config["unet_lora"] else None
         trunk = UNet.load(config["unet"], trunk_only=True, device=device, dtype=dtype, lora=lora)

@@ -139,15 +139,15 @@ class UNet(CoreModel):
 
     @classmethod
     def from_config(cls, raw_config: dict, *, trunk_only: bool = False, device: str = "cpu",
-                    dtype: str = "fp32") -> "UNet":
+                    dtype: Optional[str] = None) -> "UNet":
         """A UNet with its weights not yet set (see `load_weights`, `weight_shapes`)."""
-        _checks.device_and_dtype(device, dtype)
+        dtype = _checks.device_and_dtype(device, dtype)
         config = unet_config(raw_config)
         model = _core.unet_create(config, trunk_only, device, dtype)
         return cls(model, config, raw_config, trunk_only, device, dtype)
 
     @classmethod
-    def load(cls, path: str, *, trunk_only: bool = False, device: str = "cpu", dtype: str = "fp32",
+    def load(cls, path: str, *, trunk_only: bool = False, device: str = "cpu", dtype: Optional[str] = None,
              variant: Optional[str] = None, lora=None) -> "UNet":
         """Loads a diffusers `unet/` folder (config.json and
         diffusion_pytorch_model[.fp16].safetensors), one tensor at a time.

@@ -36,9 +36,10 @@ class Upscaler:
         self._x0_divisor = float(np.sqrt(abar))
 
     @classmethod
-    def load(cls, path: str, *, device: str = "cpu", dtype: str = "fp32") -> "Upscaler":
-        """Loads a generator checkpoint folder: d3sr.json, unet/, vae/, LoRAs, text embedding."""
-        _checks.device_and_dtype(device, dtype)
+    def load(cls, path: str, *, device: str = "cpu", dtype: Optional[str] = None) -> "Upscaler":
+        """Loads a generator checkpoint folder: d3sr.json, unet/, vae/, LoRAs, text embedding.
+        dtype: 'fp32', 'fp16' or 'bf16' (GPU only); None: fp32 on the CPU, bf16 on CUDA."""
+        dtype = _checks.device_and_dtype(device, dtype)
         config = read_generator_config(path)
         vae_lora = LoRA.load(config["vae_lora"]) if config["vae_lora"] else None
         unet_lora = LoRA.load(config["unet_lora"]) if config["unet_lora"] else None

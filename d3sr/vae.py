@@ -91,10 +91,11 @@ class VAE(CoreModel):
         *,
         parts: Sequence[str] = ("encoder", "decoder"),
         device: str = "cpu",
-        dtype: str = "fp32",
+        dtype: Optional[str] = None,
     ) -> "VAE":
-        """A VAE with its weights not yet set (see `load_weights`, `weight_shapes`)."""
-        _checks.device_and_dtype(device, dtype)
+        """A VAE with its weights not yet set (see `load_weights`, `weight_shapes`).
+        dtype: 'fp32', 'fp16' or 'bf16' (GPU only); None: fp32 on the CPU, bf16 on CUDA."""
+        dtype = _checks.device_and_dtype(device, dtype)
         parts = tuple(parts)
         if not parts or any(p not in _PARTS for p in parts):
             raise ValueError(f"parts must name 'encoder' and/or 'decoder', not {parts!r}")
@@ -110,7 +111,7 @@ class VAE(CoreModel):
         *,
         parts: Sequence[str] = ("encoder", "decoder"),
         device: str = "cpu",
-        dtype: str = "fp32",
+        dtype: Optional[str] = None,
         variant: Optional[str] = None,
         lora=None,
     ) -> "VAE":

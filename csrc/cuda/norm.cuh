@@ -1,0 +1,11 @@
+/* norm.cuh: GroupNorm (with optional fused SiLU) and LayerNorm, channels-last,
+ * statistics in float32 by Welford/Chan merging (no cancellation with large means). */
+#ifndef D3SR_CUDA_NORM_CUH
+#define D3SR_CUDA_NORM_CUH
+
+#include "backend.cuh"
+
+d3sr_status cuda_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu, d3sr_tensor *out);
+d3sr_status cuda_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, d3sr_tensor *out);
+
+#endif /* D3SR_CUDA_NORM_CUH */
