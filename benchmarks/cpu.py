@@ -30,37 +30,18 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("vae_decode", "vae_encode", "unet", "generator", "disc_trunk")
-TIMESTEP = 399
-DISC_TIMESTEP = 500
 
 
-def load_testing():
-    spec = importlib.util.spec_from_file_location("d3sr_testing", os.path.join(ROOT, "d3sr", "testing.py"))
+def _load_common():
+    spec = importlib.util.spec_from_file_location("d3sr_bench_common", os.path.join(ROOT, "benchmarks", "common.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def task_inputs(task, size):
-    """The input arrays of a task, the same in both engines."""
-    import numpy as np
-
-    testing = load_testing()
-    rng = np.random.default_rng(1)
-    if task == "vae_encode":
-        return {"x": testing.random_images((1, 3, size, size), seed=1)}
-    if task == "vae_decode":
-        return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)}
-    if task == "disc_trunk":
-        return {"z": rng.standard_normal((2, 4, size // 8, size // 8)).astype(np.float32),
-                "context": rng.standard_normal((2, 77, 2048)).astype(np.float32),
-                "text_embeds": rng.standard_normal((2, 1280)).astype(np.float32),
-                "time_ids": np.tile(np.array([[size, size, 0, 0, size, size]], np.float32), (2, 1))}
-    context = rng.standard_normal((1, 77, 1024)).astype(np.float32)
-    if task == "unet":
-        return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32), "context": context}
-    image = (testing.random_images((1, 3, size // 4, size // 4), seed=1)[0].transpose(1, 2, 0) + 1) / 2
-    return {"image": image.astype(np.float32), "context": context}
+common = _load_common()
+TIMESTEP, DISC_TIMESTEP, load_testing, task_inputs = (common.TIMESTEP, common.DISC_TIMESTEP, common.load_testing,
+                                                      common.task_inputs)
 
 
 def d3sr_engine(task, inputs):
@@ -157,9 +138,6 @@ def sdxl_trunk_engine(inputs):
     from diffusers import UNet2DConditionModel
 
     testing = load_testing()
-    spec = importlib.util.spec_from_file_location("make_references", os.path.join(ROOT, "tools", "make_references.py"))
-    references = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(references)
     model = UNet2DConditionModel.from_config(testing.real_config("sdxl-base-unet")).eval()
     model.up_blocks, model.conv_norm_out, model.conv_out = None, None, None
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -170,7 +148,7 @@ def sdxl_trunk_engine(inputs):
 
     def run(z):
         with torch.inference_mode():
-            return references.sdxl_trunk(model, torch.from_numpy(z), t, context, text, ids).numpy()
+            return common.sdxl_trunk(model, torch.from_numpy(z), t, context, text, ids).numpy()
 
     return run, inputs["z"]
 

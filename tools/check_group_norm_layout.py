@@ -25,7 +25,6 @@ def check(pixels, c, groups, vmax, sm_count=132, n=1):
     ch = max(1, min(want, most)); rows = (pixels + ch - 1) // ch; chunks = (pixels + rows - 1) // rows
     x = np.random.default_rng(0).standard_normal((pixels, c)) * 3 + 5
     W = min(cv_count, GN_THREADS); K = (cv_count + W - 1) // W; rows_at_once = GN_THREADS // W
-    partial = np.zeros((chunks, groups, 3))
     for chunk in range(chunks):
         p0 = chunk * rows; p1 = min(pixels, p0 + rows)
         states = {}

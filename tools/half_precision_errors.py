@@ -17,7 +17,7 @@ import os
 import numpy as np
 import torch
 
-from make_references import (CONTEXT_LEN, DATA, DISCRIMINATOR, GENERATOR, UNET_LORA_TARGETS, VAE_LORA_TARGETS,
+from make_references import (DATA, DISCRIMINATOR, GENERATOR, UNET_LORA_TARGETS, VAE_LORA_TARGETS,
                              bicubic, load_numpy, testing)
 
 

@@ -40,8 +40,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASKS = ("generator", "vae_decode", "unet", "disc_trunk")
 ENGINES = ("d3sr-bf16", "d3sr-fp16", "torch-fp16")
-TIMESTEP = 399
-DISC_TIMESTEP = 500
 NEEDED_BYTES = 6 << 30  # the three models in fp16 (4.4 GB) and the outputs
 
 
@@ -69,11 +67,16 @@ MODELS = {  # folder: (config, seed, trunk only); seeds as benchmarks/cpu.py dra
 NEEDS = {"generator": ("vae", "unet"), "vae_decode": ("vae",), "unet": ("unet",), "disc_trunk": ("sdxl_trunk",)}
 
 
-def load_testing():
-    spec = importlib.util.spec_from_file_location("d3sr_testing", os.path.join(ROOT, "d3sr", "testing.py"))
+def _load_common():
+    spec = importlib.util.spec_from_file_location("d3sr_bench_common", os.path.join(ROOT, "benchmarks", "common.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+common = _load_common()
+load_testing, task_inputs = common.load_testing, common.task_inputs
+TIMESTEP, DISC_TIMESTEP = common.TIMESTEP, common.DISC_TIMESTEP
 
 
 # ---- weights, once --------------------------------------------------------
@@ -113,26 +116,6 @@ def prepare_weights(names):
 
 
 # ---- one measurement, in its own process -----------------------------------
-
-def task_inputs(task, size):
-    """The task's inputs, the same for every engine (as benchmarks/cpu.py draws them)."""
-    import numpy as np
-
-    testing = load_testing()
-    rng = np.random.default_rng(1)
-    if task == "vae_decode":
-        return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)}
-    if task == "disc_trunk":
-        return {"z": rng.standard_normal((2, 4, size // 8, size // 8)).astype(np.float32),
-                "context": rng.standard_normal((2, 77, 2048)).astype(np.float32),
-                "text_embeds": rng.standard_normal((2, 1280)).astype(np.float32),
-                "time_ids": np.tile(np.array([[size, size, 0, 0, size, size]], np.float32), (2, 1))}
-    context = rng.standard_normal((1, 77, 1024)).astype(np.float32)
-    if task == "unet":
-        return {"z": rng.standard_normal((1, 4, size // 8, size // 8)).astype(np.float32), "context": context}
-    image = (testing.random_images((1, 3, size // 4, size // 4), seed=1)[0].transpose(1, 2, 0) + 1) / 2
-    return {"image": image.astype(np.float32), "context": context}
-
 
 def d3sr_engine(task, inputs, dtype):
     import d3sr
@@ -191,19 +174,9 @@ def torch_engine(task, inputs):
         td = torch.tensor([DISC_TIMESTEP] * 2, device=device)
         context, text, ids = (cuda(inputs[k]) for k in ("context", "text_embeds", "time_ids"))
 
-        def trunk(z):  # UNet2DConditionModel.forward up to the mid block (benchmarks/cpu.py's)
+        def trunk(z):  # UNet2DConditionModel.forward up to the mid block (the reference script's)
             with torch.inference_mode():
-                sample = cuda(z)
-                emb = model.time_embedding(model.get_time_embed(sample=sample, timestep=td))
-                emb = emb + model.get_aug_embed(emb=emb, encoder_hidden_states=context,
-                                                added_cond_kwargs={"text_embeds": text, "time_ids": ids})
-                h = model.conv_in(sample)
-                for block in model.down_blocks:
-                    if getattr(block, "has_cross_attention", False):
-                        h, _ = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
-                    else:
-                        h, _ = block(hidden_states=h, temb=emb)
-                return model.mid_block(h, emb, encoder_hidden_states=context).float().cpu().numpy()
+                return common.sdxl_trunk(model, cuda(z), td, context, text, ids).float().cpu().numpy()
 
         return trunk, inputs["z"]
     vae = build(AutoencoderKL, "vae") if task != "unet" else None
@@ -343,7 +316,7 @@ def fmt_mib(value):
 def write_reports(args, results, skipped, machine):
     import numpy as np
 
-    rows, summary = [], {}
+    summary = {}
     for task, by_engine in results.items():
         torch_r = by_engine.get("torch-fp16")
         ref = np.load(torch_r["output"]) if torch_r and "output" in torch_r else None
