@@ -9,16 +9,9 @@
 #include "../core/threads.h"
 #include "cpu.h"
 
-#ifdef D3SR_SYSTEM_CBLAS
-#include <cblas.h>
-#define SGEMM cblas_sgemm
-#define SET_BLAS_THREADS openblas_set_num_threads
-void openblas_set_num_threads(int);
-#else
 #include <cblas.h> /* scipy_openblas32's header: every symbol carries a scipy_ prefix */
 #define SGEMM scipy_cblas_sgemm
 #define SET_BLAS_THREADS scipy_openblas_set_num_threads
-#endif
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 
