@@ -81,7 +81,7 @@ def d3sr_engine(task, inputs):
         return (lambda z: trunk(z, DISC_TIMESTEP, inputs["context"], inputs["text_embeds"], inputs["time_ids"])), \
             inputs["z"], [trunk]
     upscaler = d3sr.Upscaler(vae(("encoder", "decoder")), unet(), inputs["context"][0],
-                             {**d3sr.checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
+                             {**d3sr._checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
     return (lambda image: upscaler.upscale(image, scale=4)), inputs["image"], [upscaler.vae, upscaler.unet]
 
 

@@ -22,7 +22,7 @@ import pytest
 
 import d3sr
 from d3sr._native import _core
-from d3sr.discriminator import Discriminator
+from d3sr import Discriminator
 from d3sr.testing import random_weights, real_config
 from conftest import DATA, assert_close, load_reference
 
