@@ -8,7 +8,7 @@ On a GPU: every model against the same diffusers/PyTorch references as the
 CPU tests (every kernel is checked on every backend in tests/test_ops.py):
 fp32 to a relative L2 of 1e-4 block by block, fp16/bf16 end to end to
 max(1e-2, twice PyTorch's own error at that precision on the same model and
-input) -- STYLE.md item 12's rule. PyTorch's bf16 misses 1e-2 on most of these
+input), the rule flash-attention uses for its own tolerances. PyTorch's bf16 misses 1e-2 on most of these
 models by itself (0.9e-2 to 2.4e-2), so 1e-2 alone would fail a correct bf16
 implementation; tools/half_precision_errors.py measured PYTORCH_ERRORS below.
 Without a GPU these tests skip, naming the reason.
