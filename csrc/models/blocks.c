@@ -36,24 +36,19 @@ d3sr_status d3sr_resnet_forward(d3sr_ctx *ctx, const d3sr_resnet *block, const d
     d3sr_tensor h, h1, skip;
     D3SR_CHECK(d3sr_group_norm(ctx, x, &block->norm1, 1, &h));              // [n, h, w, cin]
     D3SR_CHECK(d3sr_conv2d(ctx, &h, &block->conv1, NULL, &h1));             // [n, h, w, cout]
-    d3sr_tensor_release(ctx, &h);
     if (block->has_time) {
         if (!temb_silu) return d3sr_fail(D3SR_ERR_VALUE, "internal error: a time-conditioned ResNet got no embedding");
         d3sr_tensor offset;
         D3SR_CHECK(d3sr_linear_apply(ctx, temb_silu, &block->time_emb_proj, NULL, &offset)); // [n, 1, 1, cout]
         D3SR_CHECK(d3sr_add_channel_offset(ctx, &h1, &offset));
-        d3sr_tensor_release(ctx, &offset);
     }
     D3SR_CHECK(d3sr_group_norm(ctx, &h1, &block->norm2, 1, &h));            // [n, h, w, cout]
-    d3sr_tensor_release(ctx, &h1);
     if (block->has_shortcut) {
         D3SR_CHECK(d3sr_conv2d(ctx, x, &block->conv_shortcut, NULL, &skip)); // [n, h, w, cout]
         D3SR_CHECK(d3sr_conv2d(ctx, &h, &block->conv2, &skip, out));         // [n, h, w, cout]
-        d3sr_tensor_release(ctx, &skip);
     } else {
         D3SR_CHECK(d3sr_conv2d(ctx, &h, &block->conv2, x, out));             // [n, h, w, cout]
     }
-    d3sr_tensor_release(ctx, &h);
     return D3SR_OK;
 }
 
@@ -85,13 +80,8 @@ d3sr_status d3sr_spatial_attention_forward(d3sr_ctx *ctx, const d3sr_spatial_att
     D3SR_CHECK(d3sr_linear_apply(ctx, &tokens, &block->to_q, NULL, &q));      // [n, 1, hw, c]
     D3SR_CHECK(d3sr_linear_apply(ctx, &tokens, &block->to_k, NULL, &k));      // [n, 1, hw, c]
     D3SR_CHECK(d3sr_linear_apply(ctx, &tokens, &block->to_v, NULL, &v));      // [n, 1, hw, c]
-    d3sr_tensor_release(ctx, &normed);
     D3SR_CHECK(d3sr_attention(ctx, &q, &k, &v, block->heads, &a));            // [n, 1, hw, c]
-    d3sr_tensor_release(ctx, &q);
-    d3sr_tensor_release(ctx, &k);
-    d3sr_tensor_release(ctx, &v);
     D3SR_CHECK(d3sr_reshape(x, x->n, 1, x->h * x->w, x->c, &residual));       // [n, 1, hw, c]
     D3SR_CHECK(d3sr_linear_apply(ctx, &a, &block->to_out, &residual, &y));    // [n, 1, hw, c]
-    d3sr_tensor_release(ctx, &a);
     return d3sr_reshape(&y, x->n, x->h, x->w, x->c, out);                     // [n, h, w, c]
 }

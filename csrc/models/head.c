@@ -56,13 +56,9 @@ static d3sr_status head_forward(d3sr_ctx *ctx, void *arg)
     d3sr_tensor x, h, a, y;
     D3SR_CHECK(d3sr_upload_nchw(ctx, call->features, call->n, hd->cfg.in_channels, call->h, call->w, &x)); // [n, h, w, c]
     D3SR_CHECK(d3sr_linear_apply(ctx, &x, &hd->fc1, NULL, &h));                                            // [n, h, w, hidden]
-    d3sr_tensor_release(ctx, &x);
     D3SR_CHECK(d3sr_activation(ctx, &h, ACTIVATIONS[hd->cfg.activation], hd->cfg.negative_slope, &a));
-    d3sr_tensor_release(ctx, &h);
     D3SR_CHECK(d3sr_linear_apply(ctx, &a, &hd->fc2, NULL, &y));                                            // [n, h, w, 1]
-    d3sr_tensor_release(ctx, &a);
     D3SR_CHECK(d3sr_download_nchw(ctx, &y, 0, 1, call->logits));                                          // [n, 1, h, w]
-    d3sr_tensor_release(ctx, &y);
     return D3SR_OK;
 }
 

@@ -149,7 +149,6 @@ static int min_side(d3sr_perceptual_kind kind)
 
 static d3sr_status replace(d3sr_ctx *ctx, d3sr_tensor *x, d3sr_tensor *y)
 {
-    d3sr_tensor_release(ctx, x);
     *x = *y;
     return D3SR_OK;
 }
@@ -169,7 +168,6 @@ static d3sr_status compare_halves(d3sr_ctx *ctx, const perceptual_call *call, co
         D3SR_CHECK(d3sr_lpips_distance(ctx, &a, &b, &call->p->lins[slot].weight, &r)); // [k, 1, 1, 1]
         D3SR_CHECK(d3sr_download(ctx, &r, call->results + (size_t)slot * call->k));
     }
-    d3sr_tensor_release(ctx, &r);
     return D3SR_OK;
 }
 
@@ -186,7 +184,6 @@ static d3sr_status perceptual_forward(d3sr_ctx *ctx, void *arg)
         D3SR_CHECK(d3sr_upload(ctx, call->raw, k2, call->h, call->w, 3, &x));       // [2k, h, w, 3]
         D3SR_CHECK(compare_halves(ctx, call, &x, 0, offset));
         offset += (size_t)call->k * 5 * 3;
-        d3sr_tensor_release(ctx, &x);
     }
     D3SR_CHECK(d3sr_upload(ctx, call->input, k2, call->h, call->w, 3, &x));          // [2k, h, w, 3]
     int conv = 0;
@@ -206,7 +203,6 @@ static d3sr_status perceptual_forward(d3sr_ctx *ctx, void *arg)
         D3SR_CHECK(compare_halves(ctx, call, &x, s, offset));
         offset += (size_t)call->k * 5 * p->channels[s];
     }
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 

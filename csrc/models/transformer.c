@@ -35,11 +35,7 @@ static d3sr_status attention_forward(d3sr_ctx *ctx, const d3sr_attention_layer *
     D3SR_CHECK(d3sr_linear_apply(ctx, kv, &a->to_k, NULL, &k));  // [n, 1, Lk, dim]
     D3SR_CHECK(d3sr_linear_apply(ctx, kv, &a->to_v, NULL, &v));  // [n, 1, Lk, dim]
     D3SR_CHECK(d3sr_attention(ctx, &q, &k, &v, a->heads, &o));   // [n, 1, L, dim]
-    d3sr_tensor_release(ctx, &q);
-    d3sr_tensor_release(ctx, &k);
-    d3sr_tensor_release(ctx, &v);
     D3SR_CHECK(d3sr_linear_apply(ctx, &o, &a->to_out, x, out));  // [n, 1, L, dim]
-    d3sr_tensor_release(ctx, &o);
     return D3SR_OK;
 }
 
@@ -69,19 +65,12 @@ static d3sr_status block_forward(d3sr_ctx *ctx, const d3sr_transformer_block *b,
     d3sr_tensor h, x1, x2, f, g;
     D3SR_CHECK(d3sr_layer_norm(ctx, x, &b->norm1, &h));                  // [n, 1, L, dim]
     D3SR_CHECK(attention_forward(ctx, &b->attn1, &h, &h, x, &x1));       // self-attention + x
-    d3sr_tensor_release(ctx, &h);
     D3SR_CHECK(d3sr_layer_norm(ctx, &x1, &b->norm2, &h));
     D3SR_CHECK(attention_forward(ctx, &b->attn2, &h, context, &x1, &x2)); // cross-attention + x1
-    d3sr_tensor_release(ctx, &h);
-    d3sr_tensor_release(ctx, &x1);
     D3SR_CHECK(d3sr_layer_norm(ctx, &x2, &b->norm3, &h));
     D3SR_CHECK(d3sr_linear_apply(ctx, &h, &b->ff_in, NULL, &f));         // [n, 1, L, 8 dim]
-    d3sr_tensor_release(ctx, &h);
     D3SR_CHECK(d3sr_geglu(ctx, &f, &g));                                 // [n, 1, L, 4 dim]
-    d3sr_tensor_release(ctx, &f);
     D3SR_CHECK(d3sr_linear_apply(ctx, &g, &b->ff_out, &x2, out));        // feed-forward + x2
-    d3sr_tensor_release(ctx, &g);
-    d3sr_tensor_release(ctx, &x2);
     return D3SR_OK;
 }
 
@@ -131,21 +120,17 @@ d3sr_status d3sr_transformer2d_forward(d3sr_ctx *ctx, const d3sr_transformer2d *
         D3SR_CHECK(d3sr_conv2d(ctx, &normed, &t->proj_in_conv, NULL, &y));         // [n, h, w, dim]
         D3SR_CHECK(d3sr_reshape(&y, n, 1, pixels, y.c, &h));                       // [n, 1, hw, dim]
     }
-    d3sr_tensor_release(ctx, &normed);
     for (int i = 0; i < t->n_blocks; i++) {
         D3SR_CHECK(block_forward(ctx, &t->blocks[i], &h, context, &y));
-        d3sr_tensor_release(ctx, &h);
         h = y;
     }
     if (t->linear_projection) {
         d3sr_tensor residual;
         D3SR_CHECK(d3sr_reshape(x, n, 1, pixels, x->c, &residual));                // [n, 1, hw, c]
         D3SR_CHECK(d3sr_linear_apply(ctx, &h, &t->proj_out_linear, &residual, &y)); // proj_out + x
-        d3sr_tensor_release(ctx, &h);
         return d3sr_reshape(&y, n, x->h, x->w, x->c, out);                         // [n, h, w, c]
     }
     D3SR_CHECK(d3sr_reshape(&h, n, x->h, x->w, h.c, &tokens));                     // [n, h, w, dim]
     D3SR_CHECK(d3sr_conv2d(ctx, &tokens, &t->proj_out_conv, x, out));              // proj_out + x
-    d3sr_tensor_release(ctx, &h);
     return D3SR_OK;
 }

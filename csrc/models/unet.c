@@ -235,11 +235,8 @@ static d3sr_status embed_time(d3sr_ctx *ctx, const unet_call *call, d3sr_tensor 
     timestep_embedding(call->timesteps, n, dim0, c->flip_sin_to_cos, c->freq_shift, call->host_embedding);
     D3SR_CHECK(d3sr_upload(ctx, call->host_embedding, n, 1, 1, dim0, &t));            // [n, 1, 1, c0]
     D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->time_linear_1, NULL, &h));             // [n, 1, 1, ted]
-    d3sr_tensor_release(ctx, &t);
     D3SR_CHECK(d3sr_activation(ctx, &h, D3SR_ACT_SILU, 0.0f, &t));
-    d3sr_tensor_release(ctx, &h);
     D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->time_linear_2, NULL, &emb));           // [n, 1, 1, ted]
-    d3sr_tensor_release(ctx, &t);
     if (c->text_time) {
         /* [text_embeds | sinusoids of each time_id], as diffusers' get_aug_embed. */
         float *aug = call->host_embedding + (size_t)n * dim0;
@@ -253,32 +250,35 @@ static d3sr_status embed_time(d3sr_ctx *ctx, const unet_call *call, d3sr_tensor 
         d3sr_tensor a;
         D3SR_CHECK(d3sr_upload(ctx, aug, n, 1, 1, width, &t));                        // [n, 1, 1, 2816]
         D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->add_linear_1, NULL, &h));
-        d3sr_tensor_release(ctx, &t);
         D3SR_CHECK(d3sr_activation(ctx, &h, D3SR_ACT_SILU, 0.0f, &t));
-        d3sr_tensor_release(ctx, &h);
         D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->add_linear_2, NULL, &a));           // [n, 1, 1, ted]
-        d3sr_tensor_release(ctx, &t);
         D3SR_CHECK(d3sr_add_inplace(ctx, &emb, &a));
-        d3sr_tensor_release(ctx, &a);
     }
     D3SR_CHECK(d3sr_activation(ctx, &emb, D3SR_ACT_SILU, 0.0f, temb_silu));
-    d3sr_tensor_release(ctx, &emb);
     return D3SR_OK;
 }
 
 /* x <- resnet(x) then transformer(x) for ResNet j of a level (x released). */
+/* Layer j of a level: its ResNet, then its transformer if the level has them. */
 static d3sr_status run_layer(d3sr_ctx *ctx, const unet_level *level, int j, d3sr_tensor *x,
                              const d3sr_tensor *temb, const d3sr_tensor *context)
 {
     d3sr_tensor y;
     D3SR_CHECK(d3sr_resnet_forward(ctx, &level->resnets[j], x, temb, &y));
-    d3sr_tensor_release(ctx, x);
     *x = y;
     if (level->attentions) {
         D3SR_CHECK(d3sr_transformer2d_forward(ctx, &level->attentions[j], x, context, &y));
-        d3sr_tensor_release(ctx, x);
         *x = y;
     }
+    return D3SR_OK;
+}
+
+/* Skips are kept as tensors; the arena frees each after the concat that reads it
+ * (the trunk reads none, so its skips are freed as soon as they are made). */
+static d3sr_status push_skip(d3sr_tensor *skips, int *n_skips, const d3sr_tensor *x)
+{
+    if (*n_skips == MAX_SKIPS) return d3sr_fail(D3SR_ERR_VALUE, "this UNet has more than %d skip connections", MAX_SKIPS);
+    skips[(*n_skips)++] = *x;
     return D3SR_OK;
 }
 
@@ -296,54 +296,35 @@ static d3sr_status unet_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(d3sr_upload(ctx, call->context, call->n, 1, call->context_len, c->cross_attention_dim, &context));
     D3SR_CHECK(d3sr_upload_nchw(ctx, call->sample, call->n, c->in_channels, call->h, call->w, &x)); // [n, h, w, in]
     D3SR_CHECK(d3sr_conv2d(ctx, &x, &u->conv_in, NULL, &y));                             // [n, h, w, c0]
-    d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "conv_in"));
-    const int keep_skips = !u->trunk_only;
 
     /* Down: every ResNet(+transformer) output and every downsampled map is a skip. */
-    if (keep_skips) skips[n_skips++] = x;
+    D3SR_CHECK(push_skip(skips, &n_skips, &x));
     for (int i = 0; i <= last; i++) {
         const unet_level *level = &u->down[i];
         for (int j = 0; j < level->n_resnets; j++) {
-            d3sr_tensor h = x;
-            if (keep_skips) { /* the skip keeps the input; the layer writes a new tensor */
-                D3SR_CHECK(d3sr_resnet_forward(ctx, &level->resnets[j], &h, &temb, &x));
-                if (level->attentions) {
-                    D3SR_CHECK(d3sr_transformer2d_forward(ctx, &level->attentions[j], &x, &context, &y));
-                    d3sr_tensor_release(ctx, &x);
-                    x = y;
-                }
-                skips[n_skips++] = x;
-            } else {
-                D3SR_CHECK(run_layer(ctx, level, j, &x, &temb, &context));
-            }
+            D3SR_CHECK(run_layer(ctx, level, j, &x, &temb, &context));
+            D3SR_CHECK(push_skip(skips, &n_skips, &x));
         }
         if (level->has_resample) {
             D3SR_CHECK(d3sr_conv2d(ctx, &x, &level->resample, NULL, &y));               // [n, h/2, w/2, c]
-            if (!keep_skips) d3sr_tensor_release(ctx, &x);
             x = y;
-            if (keep_skips) skips[n_skips++] = x;
+            D3SR_CHECK(push_skip(skips, &n_skips, &x));
         }
         D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "down_blocks.%d", i));
     }
 
-    /* Mid. With skips kept, x is also the last skip: work on copies' results. */
+    /* Mid */
     D3SR_CHECK(d3sr_resnet_forward(ctx, &u->mid_resnet0, &x, &temb, &y));
-    if (!keep_skips) d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_transformer2d_forward(ctx, &u->mid_attention, &x, &context, &y));
-    d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_resnet_forward(ctx, &u->mid_resnet1, &x, &temb, &y));
-    d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "mid_block"));
     if (u->trunk_only) {
         D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, x.c, call->out));
-        d3sr_tensor_release(ctx, &x);
-        d3sr_tensor_release(ctx, &context);
-        d3sr_tensor_release(ctx, &temb);
         return D3SR_OK;
     }
 
@@ -353,28 +334,19 @@ static d3sr_status unet_forward(d3sr_ctx *ctx, void *arg)
         for (int j = 0; j < level->n_resnets; j++) {
             d3sr_tensor *skip = &skips[--n_skips];
             D3SR_CHECK(d3sr_concat_channels(ctx, &x, skip, &y));                        // [n, h, w, c + c_skip]
-            d3sr_tensor_release(ctx, &x);
-            d3sr_tensor_release(ctx, skip);
             x = y;
             D3SR_CHECK(run_layer(ctx, level, j, &x, &temb, &context));
         }
         if (level->has_resample) {
             const d3sr_tensor *next = &skips[n_skips - 1]; /* upsample to the next skip's size */
             D3SR_CHECK(d3sr_upsample_nearest(ctx, &x, next->h, next->w, &y));
-            d3sr_tensor_release(ctx, &x);
             D3SR_CHECK(d3sr_conv2d(ctx, &y, &level->resample, NULL, &x));
-            d3sr_tensor_release(ctx, &y);
         }
         D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "up_blocks.%d", i));
     }
-    d3sr_tensor_release(ctx, &context);
-    d3sr_tensor_release(ctx, &temb);
     D3SR_CHECK(d3sr_group_norm(ctx, &x, &u->norm_out, 1, &y));
-    d3sr_tensor_release(ctx, &x);
     D3SR_CHECK(d3sr_conv2d(ctx, &y, &u->conv_out, NULL, &x));                           // [n, h, w, out]
-    d3sr_tensor_release(ctx, &y);
     D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->out_channels, call->out));
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 

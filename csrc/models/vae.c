@@ -189,7 +189,6 @@ static d3sr_status run_resnets(d3sr_ctx *ctx, const d3sr_resnet *resnets, int co
     for (int j = 0; j < count; j++) {
         d3sr_tensor y;
         D3SR_CHECK(d3sr_resnet_forward(ctx, &resnets[j], x, NULL, &y));
-        d3sr_tensor_release(ctx, x);
         *x = y;
     }
     return D3SR_OK;
@@ -199,7 +198,6 @@ static d3sr_status run_conv(d3sr_ctx *ctx, const d3sr_conv *conv, d3sr_tensor *x
 {
     d3sr_tensor y;
     D3SR_CHECK(d3sr_conv2d(ctx, x, conv, NULL, &y));
-    d3sr_tensor_release(ctx, x);
     *x = y;
     return D3SR_OK;
 }
@@ -210,7 +208,6 @@ static d3sr_status run_mid(d3sr_ctx *ctx, const vae_mid_block *mid, d3sr_tensor 
     if (mid->has_attention) {
         d3sr_tensor y;
         D3SR_CHECK(d3sr_spatial_attention_forward(ctx, &mid->attention, x, &y));
-        d3sr_tensor_release(ctx, x);
         *x = y;
     }
     return run_resnets(ctx, &mid->resnet1, 1, x);
@@ -220,7 +217,6 @@ static d3sr_status run_norm_silu(d3sr_ctx *ctx, const d3sr_norm *norm, d3sr_tens
 {
     d3sr_tensor y;
     D3SR_CHECK(d3sr_group_norm(ctx, x, norm, 1, &y));
-    d3sr_tensor_release(ctx, x);
     *x = y;
     return D3SR_OK;
 }
@@ -253,7 +249,6 @@ static d3sr_status encode_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(run_conv(ctx, &v->enc_conv_out, &x));                                               // [n, h, w, 2 * latent]
     if (c->use_quant_conv) D3SR_CHECK(run_conv(ctx, &v->quant_conv, &x));                          // [n, h, w, 2 * latent]
     D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->latent_channels, call->output));                  // mean: [n, latent, h, w]
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 
@@ -275,7 +270,6 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
         if (level->has_resample) {
             d3sr_tensor up;
             D3SR_CHECK(d3sr_upsample_nearest(ctx, &x, 2 * x.h, 2 * x.w, &up));                     // [n, 2h, 2w, c]
-            d3sr_tensor_release(ctx, &x);
             x = up;
             D3SR_CHECK(run_conv(ctx, &level->resample, &x));
         }
@@ -284,7 +278,6 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(run_norm_silu(ctx, &v->dec_norm_out, &x));
     D3SR_CHECK(run_conv(ctx, &v->dec_conv_out, &x));                                               // [n, H, W, out]
     D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->out_channels, call->output));                     // [n, out, H, W]
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 

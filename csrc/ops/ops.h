@@ -3,8 +3,10 @@
  * Shapes are [n, h, w, c] (channels-last); token sequences are [n, 1, L, c].
  * Each op checks its shapes, allocates its output from the context's arena
  * and, except while planning, runs the backend's kernel. Models call only
- * these functions, so a model is written once for CPU and CUDA. Outputs are
- * released with d3sr_tensor_release() in any order.
+ * these functions, so a model is written once for CPU and CUDA. Nobody frees
+ * an output: the planning pass learns which op reads each activation last
+ * and the arena releases it right after that op (core/arena.h). Ops mark
+ * what they read with reads(); an op added here must do the same.
  */
 #ifndef D3SR_OPS_OPS_H
 #define D3SR_OPS_OPS_H
@@ -115,7 +117,6 @@ void d3sr_weight_free(d3sr_ctx *ctx, d3sr_tensor *weight);
 /* ---- activations ------------------------------------------------------- */
 
 d3sr_status d3sr_tensor_new(d3sr_ctx *ctx, int n, int h, int w, int c, d3sr_tensor *out);
-void d3sr_tensor_release(d3sr_ctx *ctx, d3sr_tensor *t);
 
 /* Host float32 [n, h, w, c] (channels-last, e.g. token sequences) <-> a device tensor. */
 d3sr_status d3sr_upload(d3sr_ctx *ctx, const float *host, int n, int h, int w, int c, d3sr_tensor *out);
