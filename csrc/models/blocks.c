@@ -1,31 +1,32 @@
 /* blocks.c: ResnetBlock2D and the VAE's spatial self-attention over ops. */
 #include "blocks.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 
 #include "../core/status.h"
 
-d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, const char *prefix,
-                                 int cin, int cout, int temb_channels, int groups, float eps)
+d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, int cin, int cout, int temb_channels,
+                                 int groups, float eps, const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
-    snprintf(name, sizeof name, "%s.norm1", prefix);
-    D3SR_CHECK(d3sr_norm_register(params, &block->norm1, name, cin, groups, eps));
-    snprintf(name, sizeof name, "%s.conv1", prefix);
-    D3SR_CHECK(d3sr_conv_register(params, &block->conv1, name, cin, cout, 3, 1, 1, 1));
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
+    D3SR_CHECK(d3sr_norm_register(params, &block->norm1, cin, groups, eps, "%s.norm1", prefix));
+    D3SR_CHECK(d3sr_conv_register(params, &block->conv1, cin, cout, 3, 1, 1, 1, "%s.conv1", prefix));
     block->has_time = temb_channels > 0;
     if (block->has_time) {
-        snprintf(name, sizeof name, "%s.time_emb_proj", prefix);
-        D3SR_CHECK(d3sr_linear_register(params, &block->time_emb_proj, name, temb_channels, cout, 1));
+        D3SR_CHECK(d3sr_linear_register(params, &block->time_emb_proj, temb_channels, cout, 1, "%s.time_emb_proj",
+                                        prefix));
     }
-    snprintf(name, sizeof name, "%s.norm2", prefix);
-    D3SR_CHECK(d3sr_norm_register(params, &block->norm2, name, cout, groups, eps));
-    snprintf(name, sizeof name, "%s.conv2", prefix);
-    D3SR_CHECK(d3sr_conv_register(params, &block->conv2, name, cout, cout, 3, 1, 1, 1));
+    D3SR_CHECK(d3sr_norm_register(params, &block->norm2, cout, groups, eps, "%s.norm2", prefix));
+    D3SR_CHECK(d3sr_conv_register(params, &block->conv2, cout, cout, 3, 1, 1, 1, "%s.conv2", prefix));
     block->has_shortcut = cin != cout;
     if (block->has_shortcut) {
-        snprintf(name, sizeof name, "%s.conv_shortcut", prefix);
-        D3SR_CHECK(d3sr_conv_register(params, &block->conv_shortcut, name, cin, cout, 1, 1, 0, 1));
+        D3SR_CHECK(d3sr_conv_register(params, &block->conv_shortcut, cin, cout, 1, 1, 0, 1, "%s.conv_shortcut",
+                                      prefix));
     }
     return D3SR_OK;
 }
@@ -53,21 +54,19 @@ d3sr_status d3sr_resnet_forward(d3sr_ctx *ctx, const d3sr_resnet *block, const d
 }
 
 d3sr_status d3sr_spatial_attention_register(d3sr_params *params, d3sr_spatial_attention *block,
-                                            const char *prefix, int channels, int heads,
-                                            int groups, float eps)
+                                            int channels, int heads, int groups, float eps, const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     block->heads = heads;
-    snprintf(name, sizeof name, "%s.group_norm", prefix);
-    D3SR_CHECK(d3sr_norm_register(params, &block->group_norm, name, channels, groups, eps));
-    snprintf(name, sizeof name, "%s.to_q", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &block->to_q, name, channels, channels, 1));
-    snprintf(name, sizeof name, "%s.to_k", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &block->to_k, name, channels, channels, 1));
-    snprintf(name, sizeof name, "%s.to_v", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &block->to_v, name, channels, channels, 1));
-    snprintf(name, sizeof name, "%s.to_out.0", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &block->to_out, name, channels, channels, 1));
+    D3SR_CHECK(d3sr_norm_register(params, &block->group_norm, channels, groups, eps, "%s.group_norm", prefix));
+    D3SR_CHECK(d3sr_linear_register(params, &block->to_q, channels, channels, 1, "%s.to_q", prefix));
+    D3SR_CHECK(d3sr_linear_register(params, &block->to_k, channels, channels, 1, "%s.to_k", prefix));
+    D3SR_CHECK(d3sr_linear_register(params, &block->to_v, channels, channels, 1, "%s.to_v", prefix));
+    D3SR_CHECK(d3sr_linear_register(params, &block->to_out, channels, channels, 1, "%s.to_out.0", prefix));
     return D3SR_OK;
 }
 

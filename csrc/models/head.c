@@ -32,8 +32,8 @@ d3sr_status d3sr_head_create(const d3sr_head_config *cfg, const char *device, d3
     D3SR_CHECK(d3sr_model_new(D3SR_MODEL_HEAD, device, dtype, sizeof(head), NULL, &m));
     head *hd = m->impl;
     hd->cfg = *cfg;
-    d3sr_status status = d3sr_linear_register(&m->params, &hd->fc1, "0", cfg->in_channels, cfg->hidden, 1);
-    if (status == D3SR_OK) status = d3sr_linear_register(&m->params, &hd->fc2, "2", cfg->hidden, 1, 1);
+    d3sr_status status = d3sr_linear_register(&m->params, &hd->fc1, cfg->in_channels, cfg->hidden, 1, "0");
+    if (status == D3SR_OK) status = d3sr_linear_register(&m->params, &hd->fc2, cfg->hidden, 1, 1, "2");
     if (status != D3SR_OK) {
         d3sr_model_free(m);
         return status;

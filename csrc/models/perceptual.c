@@ -113,21 +113,20 @@ d3sr_status d3sr_perceptual_create(d3sr_perceptual_kind kind, const char *device
     p->n_convs = alex ? 5 : 13;
     p->stage_end = alex ? ALEXNET_STAGE_END : VGG16_STAGE_END;
     p->channels = alex ? ALEXNET_CHANNELS : VGG16_CHANNELS;
-    char name[D3SR_NAME_BYTES];
     for (int i = 0; i < p->n_convs && status == D3SR_OK; i++) {
         const conv_spec *s = &specs[i];
-        snprintf(name, sizeof name, "%s.features.%d", net, s->index);
-        status = d3sr_conv_register(&m->params, &p->convs[i], name, s->cin, s->cout, s->kernel, s->stride, s->pad, 1);
+        status = d3sr_conv_register(&m->params, &p->convs[i], s->cin, s->cout, s->kernel, s->stride, s->pad, 1,
+                                    "%s.features.%d", net, s->index);
     }
     if (kind == D3SR_DISTS) {
         int64_t shape[4] = {1, DISTS_CHANNELS, 1, 1};
         if (status == D3SR_OK) status = d3sr_params_add(&m->params, &p->alpha, D3SR_WEIGHT_VECTOR, 4, shape, "dists.alpha");
         if (status == D3SR_OK) status = d3sr_params_add(&m->params, &p->beta, D3SR_WEIGHT_VECTOR, 4, shape, "dists.beta");
     } else {
-        for (int k = 0; k < STAGES && status == D3SR_OK; k++) {
-            snprintf(name, sizeof name, "lpips.%s.lin%d.model.1", alex ? "alex" : "vgg", k);
-            status = d3sr_conv_register(&m->params, &p->lins[k], name, p->channels[k], 1, 1, 1, 0, 0);
-        }
+        for (int k = 0; k < STAGES && status == D3SR_OK; k++)
+            status = d3sr_conv_register(&m->params, &p->lins[k], p->channels[k], 1, 1, 1, 0, 0,
+                                        "lpips.%s.lin%d.model.1",
+                                        alex ? "alex" : "vgg", k);
     }
     if (status != D3SR_OK) {
         d3sr_model_free(m);

@@ -1,6 +1,7 @@
 /* transformer.c: Transformer2DModel and BasicTransformerBlock over ops. */
 #include "transformer.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -9,20 +10,20 @@
 #define LAYER_NORM_EPS 1e-5f
 #define GROUP_NORM_EPS 1e-6f
 
-static d3sr_status attention_register(d3sr_params *params, d3sr_attention_layer *a, const char *prefix,
-                                      int dim, int kv_dim, int heads)
+static d3sr_status attention_register(d3sr_params *params, d3sr_attention_layer *a, int dim, int kv_dim, int heads,
+                                      const char *fmt, ...)
 {
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     const int qkv_bias = 0;
-    char name[D3SR_NAME_BYTES];
     a->heads = heads;
-    snprintf(name, sizeof name, "%s.to_q", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &a->to_q, name, dim, dim, qkv_bias));
-    snprintf(name, sizeof name, "%s.to_k", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &a->to_k, name, kv_dim, dim, qkv_bias));
-    snprintf(name, sizeof name, "%s.to_v", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &a->to_v, name, kv_dim, dim, qkv_bias));
-    snprintf(name, sizeof name, "%s.to_out.0", prefix);
-    return d3sr_linear_register(params, &a->to_out, name, dim, dim, 1);
+    D3SR_CHECK(d3sr_linear_register(params, &a->to_q, dim, dim, qkv_bias, "%s.to_q", prefix));
+    D3SR_CHECK(d3sr_linear_register(params, &a->to_k, kv_dim, dim, qkv_bias, "%s.to_k", prefix));
+    D3SR_CHECK(d3sr_linear_register(params, &a->to_v, kv_dim, dim, qkv_bias, "%s.to_v", prefix));
+    return d3sr_linear_register(params, &a->to_out, dim, dim, 1, "%s.to_out.0", prefix);
 }
 
 /* out = x + to_out(attention(q(h), k(kv), v(kv))): h is the normed x, kv is h
@@ -39,24 +40,22 @@ static d3sr_status attention_forward(d3sr_ctx *ctx, const d3sr_attention_layer *
     return D3SR_OK;
 }
 
-static d3sr_status block_register(d3sr_params *params, d3sr_transformer_block *b, const char *prefix, int dim,
-                                  const d3sr_transformer2d_shape *shape)
+static d3sr_status block_register(d3sr_params *params, d3sr_transformer_block *b, int dim,
+                                  const d3sr_transformer2d_shape *shape, const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
-    snprintf(name, sizeof name, "%s.norm1", prefix);
-    D3SR_CHECK(d3sr_norm_register(params, &b->norm1, name, dim, 1, LAYER_NORM_EPS));
-    snprintf(name, sizeof name, "%s.attn1", prefix);
-    D3SR_CHECK(attention_register(params, &b->attn1, name, dim, dim, shape->heads));
-    snprintf(name, sizeof name, "%s.norm2", prefix);
-    D3SR_CHECK(d3sr_norm_register(params, &b->norm2, name, dim, 1, LAYER_NORM_EPS));
-    snprintf(name, sizeof name, "%s.attn2", prefix);
-    D3SR_CHECK(attention_register(params, &b->attn2, name, dim, shape->cross_attention_dim, shape->heads));
-    snprintf(name, sizeof name, "%s.norm3", prefix);
-    D3SR_CHECK(d3sr_norm_register(params, &b->norm3, name, dim, 1, LAYER_NORM_EPS));
-    snprintf(name, sizeof name, "%s.ff.net.0.proj", prefix);
-    D3SR_CHECK(d3sr_linear_register(params, &b->ff_in, name, dim, 2 * 4 * dim, 1));
-    snprintf(name, sizeof name, "%s.ff.net.2", prefix); /* ff.net.1 is dropout */
-    return d3sr_linear_register(params, &b->ff_out, name, 4 * dim, dim, 1);
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
+    D3SR_CHECK(d3sr_norm_register(params, &b->norm1, dim, 1, LAYER_NORM_EPS, "%s.norm1", prefix));
+    D3SR_CHECK(attention_register(params, &b->attn1, dim, dim, shape->heads, "%s.attn1", prefix));
+    D3SR_CHECK(d3sr_norm_register(params, &b->norm2, dim, 1, LAYER_NORM_EPS, "%s.norm2", prefix));
+    D3SR_CHECK(attention_register(params, &b->attn2, dim, shape->cross_attention_dim, shape->heads, "%s.attn2",
+                                  prefix));
+    D3SR_CHECK(d3sr_norm_register(params, &b->norm3, dim, 1, LAYER_NORM_EPS, "%s.norm3", prefix));
+    D3SR_CHECK(d3sr_linear_register(params, &b->ff_in, dim, 2 * 4 * dim, 1, "%s.ff.net.0.proj", prefix));
+    return d3sr_linear_register(params, &b->ff_out, 4 * dim, dim, 1, "%s.ff.net.2", prefix); /* ff.net.1 is dropout */
 }
 
 static d3sr_status block_forward(d3sr_ctx *ctx, const d3sr_transformer_block *b, const d3sr_tensor *x,
@@ -74,31 +73,32 @@ static d3sr_status block_forward(d3sr_ctx *ctx, const d3sr_transformer_block *b,
     return D3SR_OK;
 }
 
-d3sr_status d3sr_transformer2d_register(d3sr_params *params, d3sr_transformer2d *t, const char *prefix,
-                                        const d3sr_transformer2d_shape *shape)
+d3sr_status d3sr_transformer2d_register(d3sr_params *params, d3sr_transformer2d *t,
+                                        const d3sr_transformer2d_shape *shape, const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     /* diffusers: inner_dim = heads * (channels // heads) */
     const int dim = shape->heads * (shape->channels / shape->heads);
     t->linear_projection = shape->linear_projection;
-    snprintf(name, sizeof name, "%s.norm", prefix);
-    D3SR_CHECK(d3sr_norm_register(params, &t->norm, name, shape->channels, shape->groups, GROUP_NORM_EPS));
-    snprintf(name, sizeof name, "%s.proj_in", prefix);
+    D3SR_CHECK(d3sr_norm_register(params, &t->norm, shape->channels, shape->groups, GROUP_NORM_EPS, "%s.norm", prefix));
     if (t->linear_projection)
-        D3SR_CHECK(d3sr_linear_register(params, &t->proj_in_linear, name, shape->channels, dim, 1));
+        D3SR_CHECK(d3sr_linear_register(params, &t->proj_in_linear, shape->channels, dim, 1, "%s.proj_in", prefix));
     else
-        D3SR_CHECK(d3sr_conv_register(params, &t->proj_in_conv, name, shape->channels, dim, 1, 1, 0, 1));
+        D3SR_CHECK(d3sr_conv_register(params, &t->proj_in_conv, shape->channels, dim, 1, 1, 0, 1, "%s.proj_in",
+                                      prefix));
     t->blocks = calloc((size_t)shape->depth, sizeof *t->blocks);
     if (!t->blocks) return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory building %s", prefix);
     t->n_blocks = shape->depth;
     for (int i = 0; i < shape->depth; i++) {
-        snprintf(name, sizeof name, "%s.transformer_blocks.%d", prefix, i);
-        D3SR_CHECK(block_register(params, &t->blocks[i], name, dim, shape));
+        D3SR_CHECK(block_register(params, &t->blocks[i], dim, shape, "%s.transformer_blocks.%d", prefix, i));
     }
-    snprintf(name, sizeof name, "%s.proj_out", prefix);
     if (t->linear_projection)
-        return d3sr_linear_register(params, &t->proj_out_linear, name, dim, shape->channels, 1);
-    return d3sr_conv_register(params, &t->proj_out_conv, name, dim, shape->channels, 1, 1, 0, 1);
+        return d3sr_linear_register(params, &t->proj_out_linear, dim, shape->channels, 1, "%s.proj_out", prefix);
+    return d3sr_conv_register(params, &t->proj_out_conv, dim, shape->channels, 1, 1, 0, 1, "%s.proj_out", prefix);
 }
 
 void d3sr_transformer2d_free(d3sr_transformer2d *t)

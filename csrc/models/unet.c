@@ -11,6 +11,7 @@
  * after the mid block and never builds the rest.
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,10 +95,15 @@ static d3sr_status check_config(const d3sr_unet_config *c)
 }
 
 /* A level's ResNets (and transformers when cross is set) and its resample conv. */
-static d3sr_status register_level(d3sr_params *p, const d3sr_unet_config *c, unet_level *level, const char *prefix,
-                                  int n_resnets, const int *resnet_in, int cout, int cross, int heads, int depth)
+static d3sr_status register_level(d3sr_params *p, const d3sr_unet_config *c, unet_level *level, int n_resnets,
+                                  const int *resnet_in, int cout, int cross, int heads, int depth,
+                                  const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     level->resnets = calloc((size_t)n_resnets, sizeof *level->resnets);
     level->attentions = cross ? calloc((size_t)n_resnets, sizeof *level->attentions) : NULL;
     if (!level->resnets || (cross && !level->attentions))
@@ -106,12 +112,10 @@ static d3sr_status register_level(d3sr_params *p, const d3sr_unet_config *c, une
     d3sr_transformer2d_shape shape = {cout, heads, depth, c->cross_attention_dim, c->norm_num_groups,
                                       c->use_linear_projection};
     for (int j = 0; j < n_resnets; j++) {
-        snprintf(name, sizeof name, "%s.resnets.%d", prefix, j);
-        D3SR_CHECK(d3sr_resnet_register(p, &level->resnets[j], name, resnet_in[j], cout, c->time_embed_dim,
-                                        c->norm_num_groups, c->norm_eps));
+        D3SR_CHECK(d3sr_resnet_register(p, &level->resnets[j], resnet_in[j], cout, c->time_embed_dim, c->norm_num_groups,
+                                        c->norm_eps, "%s.resnets.%d", prefix, j));
         if (cross) {
-            snprintf(name, sizeof name, "%s.attentions.%d", prefix, j);
-            D3SR_CHECK(d3sr_transformer2d_register(p, &level->attentions[j], name, &shape));
+            D3SR_CHECK(d3sr_transformer2d_register(p, &level->attentions[j], &shape, "%s.attentions.%d", prefix, j));
         }
     }
     return D3SR_OK;
@@ -121,39 +125,39 @@ static d3sr_status register_unet(d3sr_params *p, unet *u)
 {
     const d3sr_unet_config *c = &u->cfg;
     const int *boc = c->block_out_channels, last = c->num_levels - 1;
-    char name[D3SR_NAME_BYTES];
     int resnet_in[D3SR_MAX_LEVELS * 4 + 2];
 
-    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_1, "time_embedding.linear_1", boc[0], c->time_embed_dim, 1));
-    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_2, "time_embedding.linear_2", c->time_embed_dim, c->time_embed_dim, 1));
+    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_1, boc[0], c->time_embed_dim, 1, "time_embedding.linear_1"));
+    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_2, c->time_embed_dim, c->time_embed_dim, 1,
+                                    "time_embedding.linear_2"));
     if (c->text_time) {
-        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_1, "add_embedding.linear_1", c->addition_input_dim, c->time_embed_dim, 1));
-        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_2, "add_embedding.linear_2", c->time_embed_dim, c->time_embed_dim, 1));
+        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_1, c->addition_input_dim, c->time_embed_dim, 1,
+                                        "add_embedding.linear_1"));
+        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_2, c->time_embed_dim, c->time_embed_dim, 1,
+                                        "add_embedding.linear_2"));
     }
-    D3SR_CHECK(d3sr_conv_register(p, &u->conv_in, "conv_in", c->in_channels, boc[0], 3, 1, 1, 1));
+    D3SR_CHECK(d3sr_conv_register(p, &u->conv_in, c->in_channels, boc[0], 3, 1, 1, 1, "conv_in"));
 
     for (int i = 0; i <= last; i++) {
         unet_level *level = &u->down[i];
         int n = c->layers_per_block[i];
         if (n > D3SR_MAX_LEVELS * 4) return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block[%d] = %d is too large", i, n);
         for (int j = 0; j < n; j++) resnet_in[j] = j == 0 ? (i ? boc[i - 1] : boc[0]) : boc[i];
-        snprintf(name, sizeof name, "down_blocks.%d", i);
-        D3SR_CHECK(register_level(p, c, level, name, n, resnet_in, boc[i], c->down_cross_attention[i],
-                                  c->attention_heads[i], c->transformer_layers[i]));
+        D3SR_CHECK(register_level(p, c, level, n, resnet_in, boc[i], c->down_cross_attention[i], c->attention_heads[i], c->transformer_layers[i], "down_blocks.%d", i));
         level->has_resample = i < last;
         if (level->has_resample) {
-            snprintf(name, sizeof name, "down_blocks.%d.downsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, boc[i], boc[i], 3, 2, c->downsample_padding, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, boc[i], boc[i], 3, 2, c->downsample_padding, 1,
+                                          "down_blocks.%d.downsamplers.0.conv", i));
         }
     }
 
     d3sr_transformer2d_shape mid = {boc[last], c->attention_heads[last], c->transformer_layers[last],
                                     c->cross_attention_dim, c->norm_num_groups, c->use_linear_projection};
-    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet0, "mid_block.resnets.0", boc[last], boc[last], c->time_embed_dim,
-                                    c->norm_num_groups, c->norm_eps));
-    D3SR_CHECK(d3sr_transformer2d_register(p, &u->mid_attention, "mid_block.attentions.0", &mid));
-    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet1, "mid_block.resnets.1", boc[last], boc[last], c->time_embed_dim,
-                                    c->norm_num_groups, c->norm_eps));
+    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet0, boc[last], boc[last], c->time_embed_dim, c->norm_num_groups,
+                                    c->norm_eps, "mid_block.resnets.0"));
+    D3SR_CHECK(d3sr_transformer2d_register(p, &u->mid_attention, &mid, "mid_block.attentions.0"));
+    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet1, boc[last], boc[last], c->time_embed_dim, c->norm_num_groups,
+                                    c->norm_eps, "mid_block.resnets.1"));
     if (u->trunk_only) return D3SR_OK;
 
     /* Up level i mirrors down level last - i; its ResNets take [h | skip]. */
@@ -163,18 +167,16 @@ static d3sr_status register_unet(d3sr_params *p, unet *u)
         int n = c->layers_per_block[down] + 1;
         if (n > D3SR_MAX_LEVELS * 4) return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block is too large");
         for (int j = 0; j < n; j++) resnet_in[j] = (j == 0 ? prev : cout) + (j == n - 1 ? skip_in : cout);
-        snprintf(name, sizeof name, "up_blocks.%d", i);
-        D3SR_CHECK(register_level(p, c, &u->up[i], name, n, resnet_in, cout, c->up_cross_attention[i],
-                                  c->attention_heads[down], c->up_transformer_layers[i]));
+        D3SR_CHECK(register_level(p, c, &u->up[i], n, resnet_in, cout, c->up_cross_attention[i], c->attention_heads[down], c->up_transformer_layers[i], "up_blocks.%d", i));
         u->up[i].has_resample = i < last;
         if (u->up[i].has_resample) {
-            snprintf(name, sizeof name, "up_blocks.%d.upsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &u->up[i].resample, name, cout, cout, 3, 1, 1, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &u->up[i].resample, cout, cout, 3, 1, 1, 1,
+                                          "up_blocks.%d.upsamplers.0.conv", i));
         }
         prev = cout;
     }
-    D3SR_CHECK(d3sr_norm_register(p, &u->norm_out, "conv_norm_out", boc[0], c->norm_num_groups, c->norm_eps));
-    return d3sr_conv_register(p, &u->conv_out, "conv_out", boc[0], c->out_channels, 3, 1, 1, 1);
+    D3SR_CHECK(d3sr_norm_register(p, &u->norm_out, boc[0], c->norm_num_groups, c->norm_eps, "conv_norm_out"));
+    return d3sr_conv_register(p, &u->conv_out, boc[0], c->out_channels, 3, 1, 1, 1, "conv_out");
 }
 
 d3sr_status d3sr_unet_create(const d3sr_unet_config *cfg, int trunk_only, const char *device, d3sr_dtype dtype,

@@ -10,6 +10,7 @@
  * conv_out. Every norm uses eps 1e-6, as diffusers builds them.
  */
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,32 +78,38 @@ static d3sr_status check_config(const d3sr_vae_config *c)
     return D3SR_OK;
 }
 
-static d3sr_status register_mid(d3sr_params *params, vae_mid_block *mid, const char *prefix,
-                                const d3sr_vae_config *c)
+static d3sr_status register_mid(d3sr_params *params, vae_mid_block *mid, const d3sr_vae_config *c,
+                                const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     int ch = c->block_out_channels[c->num_levels - 1], g = c->norm_num_groups;
-    snprintf(name, sizeof name, "%s.resnets.0", prefix);
-    D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, name, ch, ch, 0, g, VAE_EPS));
+    D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, ch, ch, 0, g, VAE_EPS, "%s.resnets.0", prefix));
     mid->has_attention = c->mid_block_add_attention;
     if (mid->has_attention) {
-        snprintf(name, sizeof name, "%s.attentions.0", prefix);
-        D3SR_CHECK(d3sr_spatial_attention_register(params, &mid->attention, name, ch, 1, g, VAE_EPS));
+        D3SR_CHECK(d3sr_spatial_attention_register(params, &mid->attention, ch, 1, g, VAE_EPS, "%s.attentions.0",
+                                                   prefix));
     }
-    snprintf(name, sizeof name, "%s.resnets.1", prefix);
-    return d3sr_resnet_register(params, &mid->resnet1, name, ch, ch, 0, g, VAE_EPS);
+    return d3sr_resnet_register(params, &mid->resnet1, ch, ch, 0, g, VAE_EPS, "%s.resnets.1", prefix);
 }
 
-static d3sr_status register_level(d3sr_params *params, vae_level *level, const char *prefix,
-                                  int n_resnets, int cin, int cout, int groups)
+static d3sr_status register_level(d3sr_params *params, vae_level *level, int n_resnets, int cin, int cout, int groups,
+                                  const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     level->resnets = calloc((size_t)n_resnets, sizeof *level->resnets);
     if (!level->resnets) return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory building the VAE");
     level->n_resnets = n_resnets;
     for (int j = 0; j < n_resnets; j++) {
-        snprintf(name, sizeof name, "%s.resnets.%d", prefix, j);
-        D3SR_CHECK(d3sr_resnet_register(params, &level->resnets[j], name, j == 0 ? cin : cout, cout, 0, groups, VAE_EPS));
+        D3SR_CHECK(d3sr_resnet_register(params, &level->resnets[j], j == 0 ? cin : cout, cout, 0, groups, VAE_EPS,
+                                        "%s.resnets.%d", prefix, j));
     }
     return D3SR_OK;
 }
@@ -111,24 +118,24 @@ static d3sr_status register_encoder(d3sr_params *p, vae *v)
 {
     const d3sr_vae_config *c = &v->cfg;
     const int *boc = c->block_out_channels, g = c->norm_num_groups, last = c->num_levels - 1;
-    char name[D3SR_NAME_BYTES];
-    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_in, "encoder.conv_in", c->in_channels, boc[0], 3, 1, 1, 1));
+    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_in, c->in_channels, boc[0], 3, 1, 1, 1, "encoder.conv_in"));
     for (int i = 0; i <= last; i++) {
         vae_level *level = &v->enc_levels[i];
-        snprintf(name, sizeof name, "encoder.down_blocks.%d", i);
-        D3SR_CHECK(register_level(p, level, name, c->layers_per_block, i ? boc[i - 1] : boc[0], boc[i], g));
+        D3SR_CHECK(register_level(p, level, c->layers_per_block, i ? boc[i - 1] : boc[0], boc[i], g, "encoder.down_blocks.%d", i));
         level->has_resample = i < last;
         if (level->has_resample) {
-            snprintf(name, sizeof name, "encoder.down_blocks.%d.downsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, boc[i], boc[i], 3, 2, 0, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, boc[i], boc[i], 3, 2, 0, 1,
+                                          "encoder.down_blocks.%d.downsamplers.0.conv", i));
             level->resample.pad_bottom = level->resample.pad_right = 1; /* F.pad(x, (0, 1, 0, 1)) */
         }
     }
-    D3SR_CHECK(register_mid(p, &v->enc_mid, "encoder.mid_block", c));
-    D3SR_CHECK(d3sr_norm_register(p, &v->enc_norm_out, "encoder.conv_norm_out", boc[last], g, VAE_EPS));
-    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_out, "encoder.conv_out", boc[last], 2 * c->latent_channels, 3, 1, 1, 1));
+    D3SR_CHECK(register_mid(p, &v->enc_mid, c, "encoder.mid_block"));
+    D3SR_CHECK(d3sr_norm_register(p, &v->enc_norm_out, boc[last], g, VAE_EPS, "encoder.conv_norm_out"));
+    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_out, boc[last], 2 * c->latent_channels, 3, 1, 1, 1,
+                                  "encoder.conv_out"));
     if (c->use_quant_conv)
-        D3SR_CHECK(d3sr_conv_register(p, &v->quant_conv, "quant_conv", 2 * c->latent_channels, 2 * c->latent_channels, 1, 1, 0, 1));
+        D3SR_CHECK(d3sr_conv_register(p, &v->quant_conv, 2 * c->latent_channels, 2 * c->latent_channels, 1, 1, 0, 1,
+                                      "quant_conv"));
     return D3SR_OK;
 }
 
@@ -136,26 +143,25 @@ static d3sr_status register_decoder(d3sr_params *p, vae *v)
 {
     const d3sr_vae_config *c = &v->cfg;
     const int *boc = c->block_out_channels, g = c->norm_num_groups, last = c->num_levels - 1;
-    char name[D3SR_NAME_BYTES];
     if (c->use_post_quant_conv)
-        D3SR_CHECK(d3sr_conv_register(p, &v->post_quant_conv, "post_quant_conv", c->latent_channels, c->latent_channels, 1, 1, 0, 1));
-    D3SR_CHECK(d3sr_conv_register(p, &v->dec_conv_in, "decoder.conv_in", c->latent_channels, boc[last], 3, 1, 1, 1));
-    D3SR_CHECK(register_mid(p, &v->dec_mid, "decoder.mid_block", c));
+        D3SR_CHECK(d3sr_conv_register(p, &v->post_quant_conv, c->latent_channels, c->latent_channels, 1, 1, 0, 1,
+                                      "post_quant_conv"));
+    D3SR_CHECK(d3sr_conv_register(p, &v->dec_conv_in, c->latent_channels, boc[last], 3, 1, 1, 1, "decoder.conv_in"));
+    D3SR_CHECK(register_mid(p, &v->dec_mid, c, "decoder.mid_block"));
     int prev = boc[last];
     for (int i = 0; i <= last; i++) {
         int cout = boc[last - i];
         vae_level *level = &v->dec_levels[i];
-        snprintf(name, sizeof name, "decoder.up_blocks.%d", i);
-        D3SR_CHECK(register_level(p, level, name, c->layers_per_block + 1, prev, cout, g));
+        D3SR_CHECK(register_level(p, level, c->layers_per_block + 1, prev, cout, g, "decoder.up_blocks.%d", i));
         level->has_resample = i < last;
         if (level->has_resample) {
-            snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, cout, cout, 3, 1, 1, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, cout, cout, 3, 1, 1, 1,
+                                          "decoder.up_blocks.%d.upsamplers.0.conv", i));
         }
         prev = cout;
     }
-    D3SR_CHECK(d3sr_norm_register(p, &v->dec_norm_out, "decoder.conv_norm_out", boc[0], g, VAE_EPS));
-    return d3sr_conv_register(p, &v->dec_conv_out, "decoder.conv_out", boc[0], c->out_channels, 3, 1, 1, 1);
+    D3SR_CHECK(d3sr_norm_register(p, &v->dec_norm_out, boc[0], g, VAE_EPS, "decoder.conv_norm_out"));
+    return d3sr_conv_register(p, &v->dec_conv_out, boc[0], c->out_channels, 3, 1, 1, 1, "decoder.conv_out");
 }
 
 d3sr_status d3sr_vae_create(const d3sr_vae_config *cfg, int parts, const char *device,

@@ -170,9 +170,14 @@ d3sr_status d3sr_ctx_require(const d3sr_ctx *ctx, const char *model, const char 
 
 /* ---- weights ----------------------------------------------------------- */
 
-d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char *prefix, int cin,
-                               int cout, int kernel, int stride, int pad, int bias)
+d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, int cin,
+                               int cout, int kernel, int stride, int pad, int bias, const char *fmt, ...)
 {
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     memset(conv, 0, sizeof *conv);
     conv->cin = cin;
     conv->cout = cout;
@@ -188,9 +193,14 @@ d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char 
     return D3SR_OK;
 }
 
-d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, const char *prefix, int in,
-                                 int out, int bias)
+d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, int in,
+                                 int out, int bias, const char *fmt, ...)
 {
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     memset(lin, 0, sizeof *lin);
     lin->in = in;
     lin->out = out;
@@ -203,9 +213,14 @@ d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, const ch
     return D3SR_OK;
 }
 
-d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, const char *prefix,
-                               int channels, int groups, float eps)
+d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, int channels, int groups, float eps,
+                               const char *fmt, ...)
 {
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     memset(norm, 0, sizeof *norm);
     norm->channels = channels;
     norm->groups = groups;
@@ -573,7 +588,7 @@ d3sr_status d3sr_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_
     if (d3sr_tensor_numel(weight) != (size_t)a->c)
         return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: %zu weights for %d channels", d3sr_tensor_numel(weight), a->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 1, 1, out));
-    reads(ctx, a, b, NULL);
+    reads(ctx, a, b, weight); /* the weight may be an activation (the op tests upload it) */
     if (d3sr_ctx_planning(ctx)) return planned(ctx);
     if (!ctx->backend->lpips_distance) return unsupported(ctx, "lpips_distance");
     double start = profile_begin(ctx);
