@@ -58,7 +58,6 @@ class PatchHead(CoreModel):
         return head
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        _checks.float32_array(features, "features", 4, "[N, C, h, w]")
         return self._model.head_forward(features)
 
 

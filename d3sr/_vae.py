@@ -132,12 +132,10 @@ class VAE(CoreModel):
         """Posterior mean of images x [N, C, H, W] float32 in [-1, 1]; H and W
         multiples of `downscale`. With return_intermediates, also a dict of the
         activations after conv_in, each down block and the mid block."""
-        _checks.float32_array(x, "x", 4, "[N, C, H, W]")
         return self._run(self._model.vae_encode, x, return_intermediates=return_intermediates)
 
     def decode(self, z: np.ndarray, *, return_intermediates: bool = False):
         """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
-        _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
         return self._run(self._model.vae_decode, z, return_intermediates=return_intermediates)
 
     def __repr__(self) -> str:

@@ -24,10 +24,12 @@
 /* Raises the exception matching status with the core's message; returns NULL. */
 PyObject *raise_status(d3sr_status status);
 
-/* Borrows obj as a C-contiguous float32 array of ndim dimensions (ndim < 0: any).
- * Other dtypes are a TypeError naming arg: converting silently would hide a
- * caller's mistake. Returns a new reference, or NULL with an exception set. */
-PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim);
+/* Borrows obj as a C-contiguous float32 array of ndim dimensions; layout
+ * ("[N, C, h, w]", or NULL) names them in errors. Other dtypes are a TypeError
+ * naming arg: converting silently would hide a caller's mistake. This is the
+ * one check of the arrays the models take (the Python layer does not repeat
+ * it). Returns a new reference, or NULL with an exception set. */
+PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim, const char *layout);
 
 /* "fp32", "fp16", "bf16" -> dtype; -1 with ValueError otherwise. */
 int parse_dtype(const char *name, d3sr_dtype *out);

@@ -31,21 +31,26 @@ PyObject *raise_status(d3sr_status status)
     return NULL;
 }
 
-PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim)
+PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim, const char *layout)
 {
+    char expected[96];
+    if (layout) snprintf(expected, sizeof expected, "shape %s", layout);
+    else snprintf(expected, sizeof expected, "%d dimensions", ndim);
     if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, not %s", arg, Py_TYPE(obj)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of %s, not %s", arg, expected, Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (PyArray_TYPE(a) != NPY_FLOAT32) {
         PyObject *name = PyObject_Str((PyObject *)PyArray_DESCR(a));
-        PyErr_Format(PyExc_TypeError, "%s must have dtype float32, not %S", arg, name);
+        PyErr_Format(PyExc_TypeError, "%s must have dtype float32, not %S (%s)", arg, name, expected);
         Py_XDECREF(name);
         return NULL;
     }
-    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, not %d", arg, ndim, PyArray_NDIM(a));
+    if (PyArray_NDIM(a) != ndim) {
+        PyObject *shape = PyObject_GetAttrString(obj, "shape");
+        PyErr_Format(PyExc_ValueError, "%s must have %s, got %S", arg, expected, shape ? shape : Py_None);
+        Py_XDECREF(shape);
         return NULL;
     }
     return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
@@ -189,7 +194,8 @@ static PyObject *model_memory(ModelObject *self, PyObject *unused)
 /* encode or decode: the core checks x's shape and sizes the output. */
 static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
 {
-    PyArrayObject *x = float32_array(obj, encode ? "x" : "z", 4);
+    PyArrayObject *x = encode ? float32_array(obj, "x", 4, "[N, C, H, W]")
+                              : float32_array(obj, "z", 4, "[N, latent_channels, h, w]");
     if (!x) return NULL;
     int64_t in[4], out[4];
     for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
@@ -228,10 +234,11 @@ static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject 
     static char *keywords[] = {"sample", "timesteps", "encoder_hidden_states", "text_embeds", "time_ids", NULL};
     PyObject *so, *to, *co, *eo = Py_None, *io = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OO", keywords, &so, &to, &co, &eo, &io)) return NULL;
-    PyArrayObject *s = float32_array(so, "sample", 4), *t = s ? float32_array(to, "timesteps", 1) : NULL;
-    PyArrayObject *c = t ? float32_array(co, "encoder_hidden_states", 3) : NULL;
-    PyArrayObject *e = c && eo != Py_None ? float32_array(eo, "text_embeds", 2) : NULL;
-    PyArrayObject *ids = c && io != Py_None ? float32_array(io, "time_ids", 2) : NULL;
+    PyArrayObject *s = float32_array(so, "sample", 4, "[N, C, h, w]");
+    PyArrayObject *t = s ? float32_array(to, "timesteps", 1, "[N]") : NULL;
+    PyArrayObject *c = t ? float32_array(co, "encoder_hidden_states", 3, "[N, L, cross_attention_dim]") : NULL;
+    PyArrayObject *e = c && eo != Py_None ? float32_array(eo, "text_embeds", 2, "[N, features]") : NULL;
+    PyArrayObject *ids = c && io != Py_None ? float32_array(io, "time_ids", 2, "[N, features]") : NULL;
     PyArrayObject *y = NULL;
     if (!c || (eo != Py_None && !e) || (io != Py_None && !ids)) goto done;
     npy_intp n = PyArray_DIM(s, 0);
@@ -273,7 +280,7 @@ done:
 
 static PyObject *model_head_forward(ModelObject *self, PyObject *obj)
 {
-    PyArrayObject *x = float32_array(obj, "features", 4);
+    PyArrayObject *x = float32_array(obj, "features", 4, "[N, C, h, w]");
     if (!x) return NULL;
     npy_intp dims[4] = {PyArray_DIM(x, 0), 1, PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
     PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
