@@ -1,4 +1,4 @@
-/* stats.c: the reductions of the perceptual metrics: LPIPS' per-layer
+/* metric_reductions.c: the reductions of the perceptual metrics: LPIPS' per-layer
  * distance and the per-channel moments DISTS compares.
  *
  * Both reduce a sample's pixels into float64 sums. Pixels are split across
