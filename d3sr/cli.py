@@ -18,7 +18,7 @@ import csv
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 METRICS = ("psnr", "ssim", "lpips", "dists", "ea_dists")
@@ -123,30 +123,33 @@ def read_rgb(path: str):
         return np.asarray(image.convert("RGB"))
 
 
-def run_eval(args) -> int:
-    import numpy as np
-
-    from . import metrics as m
-    from ._native import _core
-
-    chosen = [s.strip() for s in args.metrics.split(",") if s.strip()]
+def parse_metrics(text: str) -> List[str]:
+    """The metric names of a comma-separated --metrics value, checked."""
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in METRICS]
     if unknown or not chosen:
         raise CommandError(f"--metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
-    if args.crop_border < 0:
+    return chosen
+
+
+def eval_scorers(chosen: Sequence[str], *, crop_border: int = 0, rgb: bool = False, ssim_downsample: bool = False,
+                 lpips_net: str = "alex", weights: Optional[str] = None) -> Dict[str, Callable]:
+    """{metric: score(sr, hr)} as `d3sr eval` scores (d3sr.distributed scores with the same ones).
+    Missing weights fail here, not after the pixel metrics of many images."""
+    import numpy as np
+
+    from . import metrics as m
+
+    if crop_border < 0:
         raise CommandError("--crop-border must be >= 0")
-    if args.threads:
-        _core.set_num_threads(args.threads)
-    pairs = pair_images(args.sr, args.hr, args.sr_suffix)
-    y = not args.rgb
+    y = not rgb
     score = {
-        "psnr": lambda a, b: m.psnr(a, b, crop_border=args.crop_border, y_channel=y),
-        "ssim": lambda a, b: m.ssim(a, b, crop_border=args.crop_border, y_channel=y, downsample=args.ssim_downsample),
-        "lpips": lambda a, b: m.lpips(a, b, net=args.lpips_net, weights=args.weights),
-        "dists": lambda a, b: m.dists(a, b, weights=args.weights),
-        "ea_dists": lambda a, b: m.ea_dists(a, b, weights=args.weights),
+        "psnr": lambda a, b: m.psnr(a, b, crop_border=crop_border, y_channel=y),
+        "ssim": lambda a, b: m.ssim(a, b, crop_border=crop_border, y_channel=y, downsample=ssim_downsample),
+        "lpips": lambda a, b: m.lpips(a, b, net=lpips_net, weights=weights),
+        "dists": lambda a, b: m.dists(a, b, weights=weights),
+        "ea_dists": lambda a, b: m.ea_dists(a, b, weights=weights),
     }
-    # Missing weights fail now, not after the pixel metrics of many images.
     probe = np.zeros((32, 32, 3), np.uint8)
     for name in chosen:
         if name not in ("psnr", "ssim"):
@@ -154,30 +157,32 @@ def run_eval(args) -> int:
                 score[name](probe, probe)
             except ValueError as e:  # a weight file without this network's part
                 raise CommandError(str(e)) from None
+    return {name: score[name] for name in chosen}
 
-    rows = []
-    progress = Progress(len(pairs))
+
+def score_pair(name: str, sr_path: str, hr_path: str, score: Dict[str, Callable]) -> list:
+    """[name, score of each metric of `score` in order] for one image pair."""
+    sr, hr = read_rgb(sr_path), read_rgb(hr_path)
+    if sr.shape != hr.shape:
+        raise CommandError(f"{name}: SR {os.path.basename(sr_path)} is {sr.shape[1]}x{sr.shape[0]}, "
+                           f"HR {os.path.basename(hr_path)} is {hr.shape[1]}x{hr.shape[0]}")
     try:
-        for i, (name, sr_path, hr_path) in enumerate(pairs):
-            progress.update(i, name)
-            sr, hr = read_rgb(sr_path), read_rgb(hr_path)
-            if sr.shape != hr.shape:
-                raise CommandError(f"{name}: SR {os.path.basename(sr_path)} is {sr.shape[1]}x{sr.shape[0]}, "
-                                   f"HR {os.path.basename(hr_path)} is {hr.shape[1]}x{hr.shape[0]}")
-            try:
-                rows.append([name] + [float(score[metric](sr, hr)) for metric in chosen])
-            except ValueError as e:
-                raise CommandError(f"{name}: {e}") from None
-        progress.update(len(pairs), "done")
-    finally:
-        progress.close()
+        return [name] + [float(metric(sr, hr)) for metric in score.values()]
+    except ValueError as e:
+        raise CommandError(f"{name}: {e}") from None
 
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image"] + chosen)
-            for row in rows:
-                writer.writerow([row[0]] + [f"{v:.6f}" for v in row[1:]])
+
+def write_scores_csv(path: str, chosen: Sequence[str], rows: List[list]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image"] + list(chosen))
+        for row in rows:
+            writer.writerow([row[0]] + [f"{v:.6f}" for v in row[1:]])
+
+
+def print_eval_summary(args, chosen: Sequence[str], rows: List[list]) -> None:
+    import numpy as np
+
     means = np.mean(np.asarray([r[1:] for r in rows], np.float64), axis=0)
     conventions = (f"{len(rows)} image pairs; PSNR/SSIM on {'RGB' if args.rgb else 'Y (BT.601 YCbCr)'}, "
                    f"crop {args.crop_border}{', SSIM downsampled' if args.ssim_downsample else ''}; "
@@ -187,6 +192,34 @@ def run_eval(args) -> int:
     print("  ".join(f"{v:>22.4f}" for v in means))
     if args.csv:
         print(f"per-image scores: {args.csv}")
+
+
+def run_eval(args) -> int:
+    from ._native import _core
+
+    if getattr(args, "ray", None) is not None:
+        from .distributed import eval_command
+        return eval_command(args)
+    chosen = parse_metrics(args.metrics)
+    if args.threads:
+        _core.set_num_threads(args.threads)
+    pairs = pair_images(args.sr, args.hr, args.sr_suffix)
+    score = eval_scorers(chosen, crop_border=args.crop_border, rgb=args.rgb, ssim_downsample=args.ssim_downsample,
+                         lpips_net=args.lpips_net, weights=args.weights)
+
+    rows = []
+    progress = Progress(len(pairs))
+    try:
+        for i, (name, sr_path, hr_path) in enumerate(pairs):
+            progress.update(i, name)
+            rows.append(score_pair(name, sr_path, hr_path, score))
+        progress.update(len(pairs), "done")
+    finally:
+        progress.close()
+
+    if args.csv:
+        write_scores_csv(args.csv, chosen, rows)
+    print_eval_summary(args, chosen, rows)
     return 0
 
 
