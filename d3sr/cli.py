@@ -2,6 +2,7 @@
 
     d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32|fp16|bf16]
     d3sr eval --sr DIR --hr DIR [--metrics psnr,ssim,lpips,dists,ea_dists] [--crop-border N] [--csv FILE]
+    d3sr upscale ... / d3sr eval ... --ray [ADDRESS] [--workers N]    (on Ray Data: d3sr.distributed)
     d3sr make-checkpoint --sd DIR --text-embedding FILE -o DIR [--unet-lora F] [--vae-lora F] ...
     d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
     d3sr convert-osediff MODEL.pkl -o DIR
@@ -79,7 +80,14 @@ def add_eval(sub) -> None:
                                      "~/.cache/d3sr/metrics.safetensors)")
     p.add_argument("--csv", help="write per-image scores here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add_ray_options(p)
     p.set_defaults(run=run_eval)
+
+
+def add_ray_options(p) -> None:
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on Ray Data (d3sr.distributed, pip install 'd3sr[ray]'): "
+                   "a local Ray instance, or the cluster at ADDRESS ('auto', 'ray://HEAD:10001')")
+    p.add_argument("--workers", type=int, help="with --ray: Ray actors (default: one per CPU, or per GPU)")
 
 
 def list_images(folder: str, suffix: str = "") -> Dict[str, str]:
@@ -285,6 +293,9 @@ def write_image(path: str, image) -> None:
 def run_upscale(args) -> int:
     import d3sr
 
+    if getattr(args, "ray", None) is not None:
+        from .distributed import upscale_command
+        return upscale_command(args)
     inputs = _images_in(args.inputs)
     to_folder = len(inputs) > 1 or os.path.isdir(args.inputs[0]) or os.path.isdir(args.output)
     if args.threads:
@@ -354,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                    help="default: fp32 on the CPU, bf16 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    add_ray_options(p)
     p.set_defaults(run=run_upscale)
 
     add_eval(sub)
