@@ -167,13 +167,14 @@ class UpscaleReport:
     written: List[str]                 # outputs computed and written by this call
     skipped: List[str]                 # outputs that existed already, left as they were
     failed: List[Tuple[str, str]]      # (input, why) of the images that could not be upscaled
-    rows: List[dict]                   # one per image computed: source, target, status, message, seconds, worker
-    workers: int
+    rows: List[dict]                   # one per image computed: source, target, status, message, seconds (its
+                                       # reading, upscaling and writing), finished (time.time()), worker (pid)
+    workers: int                       # the actor pool's size (Ray starts what the cluster has room for)
     seconds: float
 
     def __str__(self) -> str:
         return (f"{len(self.written)} written, {len(self.skipped)} already there, {len(self.failed)} failed "
-                f"in {self.seconds:.1f} s on {self.workers} worker{'s' * (self.workers != 1)} -> {self.output_dir}")
+                f"in {self.seconds:.1f} s, pool of {self.workers} worker{'s' * (self.workers != 1)} -> {self.output_dir}")
 
 
 def plan_upscale(inputs: Union[str, Sequence[str]], output_dir: str) -> List[Tuple[str, str]]:
@@ -236,7 +237,7 @@ class _UpscaleWorker:
         self.scale, self.options, self.pid = scale, options, os.getpid()
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        status, messages, seconds = [], [], []
+        status, messages, seconds, finished = [], [], [], []
         for source, target in zip(batch["source"], batch["target"]):
             start = time.perf_counter()
             try:
@@ -249,8 +250,9 @@ class _UpscaleWorker:
                 status.append("failed")
                 messages.append(f"{type(e).__name__}: {e}")
             seconds.append(time.perf_counter() - start)
+            finished.append(time.time())
         return {"source": batch["source"], "target": batch["target"], "status": np.array(status),
-                "message": np.array(messages), "seconds": np.array(seconds),
+                "message": np.array(messages), "seconds": np.array(seconds), "finished": np.array(finished),
                 "worker": np.full(len(status), self.pid)}
 
 
@@ -262,6 +264,7 @@ def _check_upscale_options(checkpoint, scale, device, dtype, options) -> None:
         raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    # Not d3sr._checks.device_and_dtype: this process may have no GPU where the workers have one.
     if dtype not in (None, "fp32", "fp16", "bf16"):
         raise ValueError(f"dtype must be None, 'fp32', 'fp16' or 'bf16', not {dtype!r}")
     try:  # a misspelt option fails here, not once per image on the workers
@@ -269,7 +272,8 @@ def _check_upscale_options(checkpoint, scale, device, dtype, options) -> None:
     except TypeError as e:
         raise TypeError(f"upscale options {sorted(options)}: {e}") from None
     if checkpoint is None:
-        if inspect.signature(Upscaler.load).parameters["path"].default is inspect.Parameter.empty:
+        path_parameter = next(iter(inspect.signature(Upscaler.load).parameters.values()))
+        if path_parameter.default is inspect.Parameter.empty:
             raise ValueError("checkpoint is required: a generator folder with d3sr.json")
     else:
         read_generator_config(os.fspath(checkpoint))  # a missing or broken folder fails before Ray starts
@@ -332,12 +336,12 @@ class EvalResult:
     rows: List[list]                   # [name, score per metric], sorted by name (the CSV's rows)
     summary: Dict[str, Dict[str, float]]  # metric -> {"mean", "std"} over rows (std: population, ddof=0)
     failed: List[Tuple[str, str]]      # (name, why) of pairs that could not be scored
-    workers: int
+    workers: int                       # the actor pool's size
     seconds: float
 
     def __str__(self) -> str:
-        lines = [f"{len(self.rows)} image pairs scored, {len(self.failed)} failed, in {self.seconds:.1f} s "
-                 f"on {self.workers} worker{'s' * (self.workers != 1)}"]
+        lines = [f"{len(self.rows)} image pairs scored, {len(self.failed)} failed, in {self.seconds:.1f} s, "
+                 f"pool of {self.workers} worker{'s' * (self.workers != 1)}"]
         lines += [f"  {name:>10}  mean {s['mean']:.4f}  std {s['std']:.4f}" for name, s in self.summary.items()]
         return "\n".join(lines)
 
