@@ -132,3 +132,126 @@ def test_convert_osediff_cli_reports_a_bad_pickle(tmp_path, capsys):
         z.writestr("archive/data.pkl", b"\x80\x02}q\x00(")
     assert main(["convert-osediff", str(path), "-o", str(tmp_path / "out")]) == 2
     assert "bad.pkl" in capsys.readouterr().err
+
+
+# ---- 2, 3, 9. config sizes: bounded, 64-bit, refused by name ------------------
+
+def tiny_unet_config(**changes):
+    config = {"block_out_channels": [8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4, "cross_attention_dim": 8,
+              "attention_head_dim": 2, "down_block_types": ["DownBlock2D"] * 3, "up_block_types": ["UpBlock2D"] * 3}
+    config.update(changes)
+    return config
+
+
+def test_unet_with_many_layers_per_block_runs():
+    # 3 levels of 21 ResNets keep 66 skips: more than the 65 the stack once held.
+    code = f"""
+import numpy as np, d3sr
+from d3sr.testing import iter_random_weights
+from test_hostile_input import tiny_unet_config
+u = d3sr.UNet.from_config(tiny_unet_config(layers_per_block=21))
+u.load_weights(iter_random_weights(u.weight_shapes(), seed=0))
+out = u(np.zeros((1, 4, 8, 8), np.float32), 10, np.zeros((1, 2, 8), np.float32))
+assert out.shape == (1, 4, 8, 8) and np.isfinite(out).all()
+print("ok")
+"""
+    result = run_child(code)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"layers_per_block": 33}, r"layers_per_block\[0\] = 33 is outside \[1, 32\]"),
+    ({"layers_per_block": 100000}, r"layers_per_block\[0\] = 100000 is outside"),
+    ({"block_out_channels": [16, 2 ** 32 + 40, 16]}, r"'block_out_channels'\[1\] = 4294967336 is outside"),
+    ({"block_out_channels": [8, 10 ** 9, 8]}, r"block_out_channels\[1\] = 1000000000"),
+    ({"cross_attention_dim": 2 ** 31}, r"'cross_attention_dim' = 2147483648 is outside"),
+    ({"in_channels": 70000}, r"in_channels = 70000 is outside \[1, 65536\]"),
+    ({"downsample_padding": 1000}, r"downsample_padding = 1000 is not supported"),
+    ({"downsample_padding": -3}, r"downsample_padding = -3 is not supported"),
+    ({"transformer_layers_per_block": 100000}, r"transformer_layers_per_block\[0\] is outside"),
+    ({"freq_shift": 4}, r"freq_shift = 4 must be in \[0, 4\)"),
+    ({"freq_shift": float("nan")}, r"freq_shift = nan must be a finite number"),
+    ({"norm_eps": float("nan")}, r"norm_eps = nan must be a finite number"),
+    ({"norm_eps": "abc"}, r"norm_eps = 'abc' must be a finite number"),
+    ({"down_block_types": 3}, r"down_block_types = 3 is not supported"),
+    ({"addition_embed_type": "text_time", "addition_time_embed_dim": 2 ** 20,
+      "projection_class_embeddings_input_dim": 16}, r"addition_time_embed_dim = 1048576 is outside"),
+])
+def test_unet_config_out_of_range_is_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        d3sr.UNet.from_config(tiny_unet_config(**changes))
+
+
+def test_unet_config_error_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_unet_config(layers_per_block=40)))
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"config\.json: layers_per_block\[0\] = 40"):
+        d3sr.UNet.load(str(tmp_path))
+
+
+def test_text_time_width_check_is_64_bit():
+    # P + T * D with D = 2^16, T = 2^16 wraps a 32-bit int to P: the check
+    # passed and embed_time wrote 2^32 floats past its buffer.
+    code = """
+import numpy as np, d3sr
+from d3sr.testing import iter_random_weights
+from test_hostile_input import tiny_unet_config
+u = d3sr.UNet.from_config(tiny_unet_config(addition_embed_type="text_time", addition_time_embed_dim=65536,
+                                           projection_class_embeddings_input_dim=16))
+u.load_weights(iter_random_weights(u.weight_shapes(), seed=0))
+try:
+    u(np.zeros((1, 4, 8, 8), np.float32), 10, np.zeros((1, 2, 8), np.float32),
+      text_embeds=np.zeros((1, 16), np.float32), time_ids=np.zeros((1, 65536), np.float32))
+except ValueError as e:
+    print("refused:", e)
+"""
+    result = run_child(code)
+    assert result.returncode == 0 and "refused:" in result.stdout and "P + T * 65536 = 16" in result.stdout, \
+        result.stderr[-2000:]
+
+
+def test_vae_config_out_of_range_is_refused():
+    base = {"block_out_channels": [8, 8], "norm_num_groups": 4, "layers_per_block": 1}
+    for changes, message in (({"layers_per_block": 100000}, "layers_per_block = 100000 is outside"),
+                             ({"block_out_channels": [8, 2 ** 32 + 8]}, "is outside"),
+                             ({"latent_channels": 10 ** 6}, "latent_channels must be in"),
+                             ({"scaling_factor": float("nan")}, "scaling_factor = nan")):
+        with pytest.raises(ValueError, match=message):
+            d3sr.VAE.from_config({**base, **changes})
+
+
+def test_head_config_out_of_range_is_refused():
+    from d3sr import _core
+
+    with pytest.raises(ValueError, match="hidden = 0 is outside"):
+        _core.head_create(8, 0, 0)
+    with pytest.raises(ValueError, match="hidden = 4294967304 is outside"):
+        _core.head_create(8, 2 ** 32 + 8, 0)
+    with pytest.raises(ValueError, match="negative_slope must be a finite number"):
+        _core.head_create(8, 4, 2, float("nan"))
+
+
+# ---- 4. thread counts ----------------------------------------------------------
+
+@pytest.mark.parametrize("n", [100000, 2 ** 32 + 1, -1, 5000])
+def test_set_num_threads_refuses_out_of_range(n):
+    before = d3sr.get_num_threads()
+    with pytest.raises(ValueError, match="thread count"):
+        d3sr.set_num_threads(n)
+    assert d3sr.get_num_threads() == before
+    with pytest.raises(TypeError, match="integer"):
+        d3sr.set_num_threads(2.5)
+
+
+def test_set_num_threads_at_the_limit_still_runs():
+    code = """
+import numpy as np, d3sr
+from d3sr import _core
+d3sr.set_num_threads(_core.max_threads())
+x = np.random.default_rng(0).random((1, 16, 16, 8), dtype=np.float32)
+y = _core.group_norm(x, 4, np.ones(8, np.float32), np.zeros(8, np.float32), 1e-5)
+assert np.isfinite(y).all()
+print("ok", d3sr.get_num_threads())
+"""
+    result = run_child(code)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
