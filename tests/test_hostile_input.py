@@ -255,3 +255,40 @@ print("ok", d3sr.get_num_threads())
 """
     result = run_child(code)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+# ---- 5. OpenMP starting fewer threads than asked --------------------------------
+
+def test_fewer_openmp_threads_than_asked_gives_the_same_results():
+    # OMP_THREAD_LIMIT=1 with 8 threads asked: per-thread partial sums of the
+    # threads that never started must count as zero, not as whatever the
+    # workspace held from the previous op.
+    code = """
+import os, numpy as np, d3sr
+from d3sr import _core
+from conftest import DATA, load_reference, rel_l2
+d3sr.set_num_threads(8)
+rng = np.random.default_rng(0)
+worst = 0.0
+for i in range(4):
+    x = (rng.standard_normal((1, 24, 24, 16)) * 3 + 5).astype(np.float32)
+    _core.conv2d(rng.standard_normal((1, 40, 40, 16)).astype(np.float32) * 1000,
+                 rng.standard_normal((16, 16, 3, 3)).astype(np.float32))
+    y = _core.group_norm(x, 4, np.ones(16, np.float32), np.zeros(16, np.float32), 1e-5)
+    g = x.reshape(1, 24 * 24, 4, 4).astype(np.float64)
+    ref = ((g - g.mean((1, 3), keepdims=True)) / np.sqrt(g.var((1, 3), keepdims=True) + 1e-5)).reshape(x.shape)
+    worst = max(worst, float(np.abs(y - ref).max()))
+    b = (x + rng.standard_normal(x.shape).astype(np.float32)).astype(np.float32)
+    m = _core.simple_op(_core.OP_PAIR_MOMENTS, x, b)[0, 0]
+    a64, b64 = x[0].reshape(-1, 16).astype(np.float64), b[0].reshape(-1, 16).astype(np.float64)
+    ma, mb = a64.mean(0), b64.mean(0)
+    want = np.stack([ma, mb, a64.var(0), b64.var(0), ((a64 - ma) * (b64 - mb)).mean(0)])
+    worst = max(worst, float(np.abs(m - want).max() / np.abs(want).max()))
+vae = d3sr.VAE.load(os.path.join(DATA, "vae_a"))
+ref = load_reference(os.path.join(DATA, "vae_a", "reference.safetensors"))
+errors = [rel_l2(vae.encode(ref["encode.input"]), ref["encode.mean"]) for _ in range(3)]
+print("worst", worst, "vae", max(errors))
+assert worst < 1e-5 and max(errors) < 1e-4
+"""
+    result = run_child(code, env={"OMP_THREAD_LIMIT": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
