@@ -59,7 +59,7 @@ class PatchHead(CoreModel):
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         _checks.float32_array(features, "features", 4, "[N, C, h, w]")
-        return self._model.head_forward(features)
+        return self._run(self._model.head_forward, features)
 
 
 class Discriminator:

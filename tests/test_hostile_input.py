@@ -292,3 +292,34 @@ assert worst < 1e-5 and max(errors) < 1e-4
 """
     result = run_child(code, env={"OMP_THREAD_LIMIT": "1"})
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+# ---- 6. return_intermediates from several threads --------------------------------
+
+def test_return_intermediates_from_many_threads_gets_each_calls_own():
+    import threading
+
+    vae = d3sr.VAE.load(os.path.join(HERE, "data", "vae_a"))
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(-1, 1, (1, 3, 24, 32)).astype(np.float32) for _ in range(8)]
+    expected = [vae.encode(x, return_intermediates=True) for x in inputs]
+    got = [None] * 8
+    start = threading.Barrier(8)
+
+    def work(i):
+        start.wait()
+        for _ in range(3):
+            got[i] = vae.encode(inputs[i], return_intermediates=True)
+            vae.encode(inputs[(i + 1) % 8])  # a plain call in between must not clear another's captures
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        mean, blocks = got[i]
+        assert np.array_equal(mean, expected[i][0])
+        assert sorted(blocks) == sorted(expected[i][1]), f"thread {i} got {sorted(blocks)}"
+        for name in blocks:
+            assert np.array_equal(blocks[name], expected[i][1][name]), f"thread {i}: {name} is another call's"
