@@ -18,15 +18,18 @@ from d3sr import torch_pickle
 from d3sr.tools import convert_osediff
 
 import torch_zip
+from test_metrics import ref, weights_file  # noqa: F401 (fixtures: the metric weights the tests build)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
-def run_child(code: str, env=None, timeout=120) -> subprocess.CompletedProcess:
-    """code in a fresh interpreter with this checkout importable."""
+def run_child(code: str, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """code in a fresh interpreter that imports the d3sr this process imported
+    (an installed one in CI, a checkout's in development) and these tests' helpers."""
     environ = {**os.environ, **(env or {})}
-    environ["PYTHONPATH"] = os.pathsep.join([ROOT, HERE] + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else []))
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(d3sr.__file__)))
+    paths = [package_parent, HERE] + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])
+    environ["PYTHONPATH"] = os.pathsep.join(paths)
     return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=timeout)
 
 
@@ -323,3 +326,330 @@ def test_return_intermediates_from_many_threads_gets_each_calls_own():
         assert sorted(blocks) == sorted(expected[i][1]), f"thread {i} got {sorted(blocks)}"
         for name in blocks:
             assert np.array_equal(blocks[name], expected[i][1][name]), f"thread {i}: {name} is another call's"
+
+
+# ---- 7. NaN and Inf ----------------------------------------------------------------
+
+def _copy_model(src: str, dst, edit=None, config=None):
+    """A copy of a diffusers folder, its weights changed by edit(dict) and its config by config(dict)."""
+    from safetensors.numpy import load_file, save_file
+
+    os.makedirs(dst, exist_ok=True)
+    raw = json.load(open(os.path.join(src, "config.json")))
+    if config:
+        config(raw)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        f.write(json.dumps(raw, allow_nan=True))
+    weight_file = [n for n in os.listdir(src) if n.endswith(".safetensors") and n.startswith("diffusion")][0]
+    tensors = load_file(os.path.join(src, weight_file))
+    if edit:
+        edit(tensors)
+    save_file(tensors, os.path.join(dst, weight_file))
+    return str(dst)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_fp32_weight_is_refused_naming_file_and_tensor(tmp_path, bad):
+    def poison(t):
+        t["encoder.conv_in.weight"][0, 0, 0, 0] = bad
+    folder = _copy_model(os.path.join(HERE, "data", "vae_a"), tmp_path / "vae", poison)
+    with pytest.raises(ValueError, match=r"diffusion_pytorch_model\.safetensors: weight 'encoder\.conv_in\.weight' "
+                                         r"contains NaN or Inf"):
+        d3sr.VAE.load(folder)
+
+
+def test_non_finite_fp16_weight_is_refused(tmp_path):
+    def poison(t):
+        key = next(k for k in t if t[k].dtype == np.float16 and t[k].ndim == 4)
+        t[key].reshape(-1)[3] = np.float16(np.inf)
+    folder = _copy_model(os.path.join(HERE, "data", "vae_b"), tmp_path / "vae", poison)
+    with pytest.raises(ValueError, match=r"contains NaN or Inf"):
+        d3sr.VAE.load(folder)
+
+
+def test_non_finite_bf16_weight_is_refused():
+    vae = d3sr.VAE.from_config({"block_out_channels": [8, 8], "norm_num_groups": 4})
+    bits = np.full((8, 3, 3, 3), 0x3F80, np.uint16)  # 1.0
+    bits[0, 0, 0, 0] = 0x7FC0  # NaN
+    with pytest.raises(ValueError, match="weight 'encoder.conv_in.weight' contains NaN or Inf"):
+        vae._model.set_weight("encoder.conv_in.weight", bits, bfloat16=True)
+
+
+def _lora_file(tmp_path, alpha=4.0, b_value=0.01, rank=2, config=None):
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "lora"
+    folder.mkdir(exist_ok=True)
+    a = np.full((rank, 16, 3, 3), 0.01, np.float32)
+    b = np.full((16, rank, 1, 1), b_value, np.float32)
+    save_file({"encoder.down_blocks.0.resnets.0.conv1.lora_A.weight": a,
+               "encoder.down_blocks.0.resnets.0.conv1.lora_B.weight": b}, str(folder / "adapter_model.safetensors"))
+    with open(folder / "adapter_config.json", "w") as f:
+        f.write(json.dumps(config if config is not None else {"lora_alpha": alpha}, allow_nan=True))
+    return str(folder)
+
+
+def test_lora_nan_alpha_in_adapter_config_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"adapter_config\.json is not valid JSON: NaN is not a JSON number"):
+        d3sr.LoRA.load(_lora_file(tmp_path, alpha=float("nan")))
+    with pytest.raises(ValueError, match=r"alpha = nan must be a finite number"):
+        d3sr.LoRA.load(_lora_file(tmp_path), alpha=float("nan"))
+    with pytest.raises(ValueError, match=r"lora_alpha = 'eight' must be a finite number"):
+        d3sr.LoRA.load(_lora_file(tmp_path, alpha="eight"))
+
+
+def test_lora_nan_alpha_tensor_and_nan_lora_b_are_refused(tmp_path):
+    a = np.full((2, 8), 0.01, np.float32)
+    b = np.full((16, 2), 0.01, np.float32)
+    with pytest.raises(ValueError, match=r"'m\.alpha' = nan must be a finite number"):
+        d3sr.LoRA.from_state_dict({"m.lora.down.weight": a, "m.lora.up.weight": b, "m.alpha": np.float32(np.nan)})
+    folder = _lora_file(tmp_path, b_value=np.nan)
+    with pytest.raises(ValueError, match="merging the LoRA into .* gives NaN or Inf"):
+        d3sr.VAE.load(os.path.join(HERE, "data", "vae_a"), lora=folder)
+
+
+def test_lora_rank_zero_and_one_dimensional_are_value_errors():
+    with pytest.raises(ValueError, match=r"lora_A of shape \(0, 8\)"):
+        d3sr.LoRA.from_state_dict({"m.lora_A.weight": np.zeros((0, 8), np.float32),
+                                   "m.lora_B.weight": np.zeros((16, 0), np.float32)})
+    with pytest.raises(ValueError, match=r"lora_A of shape \(8,\)"):
+        d3sr.LoRA.from_state_dict({"m.lora_A.weight": np.zeros(8, np.float32),
+                                   "m.lora_B.weight": np.zeros((16, 8), np.float32)})
+
+
+def test_relu_and_max_pool_keep_nan():
+    from d3sr import _core
+
+    x = np.array([np.nan, -1.0, 2.0, 0.0], np.float32).reshape(1, 1, 2, 2)
+    relu = _core.simple_op(_core.OP_RELU, x)
+    assert np.isnan(relu[0, 0, 0, 0]) and relu.reshape(-1)[1:].tolist() == [0.0, 2.0, 0.0]
+    pool = _core.simple_op(_core.OP_MAX_POOL, np.array([1.0, np.nan, 3.0, 0.0], np.float32).reshape(1, 2, 2, 1),
+                           size=(2, 2))
+    assert np.isnan(pool).all()
+
+
+def test_non_finite_output_raises_instead_of_black_pixels():
+    # Finite weights large enough to overflow float32 inside the decoder: the
+    # call raises, where it once returned NaN (and upscale a black image).
+    vae = d3sr.VAE.load(os.path.join(HERE, "data", "vae_a"))
+    shapes = vae.weight_shapes()
+    vae._model.set_weight("decoder.conv_out.weight", np.full(shapes["decoder.conv_out.weight"], 3e38, np.float32))
+    z = np.ones((1, 4, 12, 16), np.float32)
+    with pytest.raises(ValueError, match="the VAE decoder's output contains NaN or Inf although the inputs were finite"):
+        vae.decode(z)
+
+
+def test_head_nan_negative_slope_is_refused(tmp_path):
+    from d3sr.discriminator import PatchHead
+
+    with pytest.raises(ValueError, match="negative_slope must be a finite number"):
+        PatchHead(8, 4, "leaky_relu", float("nan"))
+
+
+# ---- 9. small inputs, huge costs -------------------------------------------------
+
+def _checkpoint_copy(tmp_path, name: str, **changes) -> str:
+    """A copy of tests/data/<name> whose d3sr.json names its files by absolute path, with changes."""
+    import shutil
+
+    source = os.path.join(HERE, "data", name)
+    folder = tmp_path / name
+    shutil.copytree(source, folder)
+    config = json.load(open(folder / "d3sr.json"))
+    for field, value in config.items():
+        if isinstance(value, str) and value.startswith(".."):
+            config[field] = os.path.normpath(os.path.join(source, value))
+    config.update(changes)
+    (folder / "d3sr.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def _generator_folder(tmp_path, **changes):
+    return _checkpoint_copy(tmp_path, "generator_tiny", **changes)
+
+
+def test_huge_num_train_timesteps_is_refused_before_building_anything(tmp_path):
+    import time
+
+    from d3sr.checkpoint import read_generator_config
+
+    folder = _generator_folder(tmp_path, schedule={"num_train_timesteps": 300000000})
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"d3sr\.json: num_train_timesteps must be 1000"):
+        read_generator_config(folder)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_dists_chunks_are_bounded_by_count_as_well_as_pixels(weights_file):
+    # Pairs of 1 x 1 images: chunks sized by pixels alone took every pair at
+    # once (20 000 pairs peaked at 1 GB); past 64 pairs the memory must not grow.
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (200, 1, 1, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (200, 1, 1, 3), dtype=np.uint8)
+    first = d3sr.metrics.dists(a[:64], b[:64], weights=weights_file)
+    model = d3sr.metrics._network("dists", weights_file)
+    held = model.memory()["activations"]
+    scores = d3sr.metrics.dists(a, b, weights=weights_file)
+    assert model.memory()["activations"] == held
+    np.testing.assert_allclose(scores[:64], first, rtol=1e-6)
+
+
+# ---- 10. exception types ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["config.json", "d3sr.json", "header"])
+def test_deeply_nested_json_is_a_value_error(tmp_path, name):
+    from d3sr.checkpoint import read_generator_config
+    from d3sr.weights import WeightFile
+
+    nested = "[" * 100000 + "]" * 100000
+    if name == "header":
+        data = nested.encode()
+        path = tmp_path / "w.safetensors"
+        path.write_bytes(len(data).to_bytes(8, "little") + data)
+        with pytest.raises(ValueError, match="nested too deeply"):
+            WeightFile(str(path))
+    elif name == "config.json":
+        (tmp_path / "config.json").write_text('{"a": ' + nested + "}")
+        (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+        with pytest.raises(ValueError, match="nested too deeply"):
+            d3sr.UNet.load(str(tmp_path))
+    else:
+        folder = _generator_folder(tmp_path)
+        with open(os.path.join(folder, "d3sr.json"), "w") as f:
+            f.write('{"timestep": ' + nested + "}")
+        with pytest.raises(ValueError, match="nested too deeply"):
+            read_generator_config(folder)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"unet": None}, "unet must name a file or folder, not null"),
+    ({"unet": 5}, "unet must be a path"),
+    ({"scaling_factor": 1e999}, "not valid JSON"),
+    ({"latent_formula": ["epsilon"]}, "latent_formula must be one of"),
+    ({"schedule": {"beta_end": 1.5}}, "beta_end must be a number in"),
+])
+def test_bad_d3sr_json_fields_are_value_errors(tmp_path, changes, message):
+    from d3sr.checkpoint import read_generator_config
+
+    folder = _generator_folder(tmp_path)
+    config = json.load(open(os.path.join(folder, "d3sr.json")))
+    config.update(changes)
+    text = json.dumps(config).replace("Infinity", "1e999")
+    with open(os.path.join(folder, "d3sr.json"), "w") as f:
+        f.write(text)
+    with pytest.raises(ValueError, match=message):
+        read_generator_config(folder)
+
+
+def test_discriminator_json_nan_slope_is_refused(tmp_path):
+    from d3sr.checkpoint import read_discriminator_config
+
+    folder = _checkpoint_copy(tmp_path, "disc_tiny", head_negative_slope="steep")
+    with pytest.raises(ValueError, match="head_negative_slope must be a finite number"):
+        read_discriminator_config(folder)
+
+
+def test_cli_overflowing_numbers_are_errors_not_tracebacks(tmp_path, capsys):
+    from d3sr.cli import main
+    from PIL import Image
+
+    for d in ("sr", "hr"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / d / "a.png")
+    assert main(["eval", "--sr", str(tmp_path / "sr"), "--hr", str(tmp_path / "hr"), "--metrics", "psnr",
+                 "--crop-border", "2147483648"]) == 2
+    assert "crop_border" in capsys.readouterr().err
+
+
+def test_make_discriminator_head_hidden_zero_is_an_error(tmp_path):
+    from d3sr.discriminator import init_head
+    from d3sr.tools import make_discriminator_checkpoint
+
+    with pytest.raises(ValueError, match="hidden must be an integer in"):
+        init_head(1280, 0)
+    sdxl = tmp_path / "sdxl"
+    (sdxl / "unet").mkdir(parents=True)
+    (sdxl / "unet" / "config.json").write_text(json.dumps(tiny_unet_config()))
+    with pytest.raises(ValueError, match="head_hidden must be an integer in"):
+        make_discriminator_checkpoint(str(tmp_path / "out"), sdxl=str(sdxl), head_hidden=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_decompression_bomb_is_a_cli_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from d3sr.cli import CommandError, read_rgb
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is then a "bomb"
+    with pytest.raises(CommandError, match="a.png: cannot read the image"):
+        read_rgb(str(tmp_path / "a.png"))
+
+
+def test_one_dimensional_head_weight_is_a_value_error(tmp_path):
+    from safetensors.numpy import save_file
+
+    from d3sr.discriminator import PatchHead
+
+    path = str(tmp_path / "head.safetensors")
+    save_file({"0.weight": np.zeros(8, np.float32)}, path)
+    with pytest.raises(ValueError, match=r"head\.safetensors: '0\.weight' has shape \(8,\)"):
+        PatchHead.load(path)
+
+
+# ---- 11, 12. the safetensors reader ------------------------------------------------
+
+def _raw_safetensors(path, header: str, data: bytes = b""):
+    raw = header.encode()
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + data)
+    return str(path)
+
+
+@pytest.mark.parametrize("header, message", [
+    ('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},'
+     ' "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}', "'a' and 'b' overlap"),
+    ('{"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}', "malformed"),
+    ('{"a": {"dtype": "F32", "shape": ["2"], "data_offsets": [0, 8]}}', "malformed"),
+    ('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8.0]}}', "malformed"),
+    ('{"a": {"dtype": "F32", "shape": [true, 2], "data_offsets": [0, 8]}}', "malformed"),
+    ('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},'
+     ' "a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}', "the key 'a' appears twice"),
+    ('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 12]}}', "malformed"),
+    ('{"a": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}', "malformed"),
+    ('{"__metadata__": {"x": 1}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', "__metadata__"),
+    ('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": NaN}', "NaN is not a JSON number"),
+])
+def test_safetensors_reader_is_as_strict_as_the_library(tmp_path, header, message):
+    from d3sr.weights import WeightFile
+
+    path = _raw_safetensors(tmp_path / "w.safetensors", header, bytes(16))
+    with pytest.raises(ValueError, match=message):
+        WeightFile(path)
+
+
+def test_safetensors_reader_still_reads_what_the_library_writes(tmp_path):
+    from safetensors.numpy import save_file
+
+    from d3sr.weights import WeightFile
+
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros((0, 4), np.float16),
+               "c": np.ones(3, np.int64)}
+    path = str(tmp_path / "w.safetensors")
+    save_file(tensors, path, metadata={"format": "pt"})
+    with WeightFile(path) as f:
+        for key, value in tensors.items():
+            array, bf16 = f.get(key)
+            assert not bf16 and array.dtype == value.dtype and np.array_equal(array, value)
+
+
+def test_text_file_named_as_weights_gets_no_integer_of_its_bytes(tmp_path):
+    from d3sr.weights import WeightFile
+
+    path = tmp_path / "emb.safetensors"
+    path.write_text("hello world, this is a text file")
+    with pytest.raises(ValueError) as error:
+        WeightFile(str(path))
+    message = str(error.value)
+    assert str(int.from_bytes(b"hello wo", "little")) not in message
+    assert "emb.safetensors" in message and "first 8 bytes" in message

@@ -86,6 +86,7 @@ d3sr_status d3sr_head_forward(d3sr_model *m, const float *features, int n, int c
         head_call call = {hd, features, n, h, w, logits};
         status = d3sr_ctx_run(&m->ctx, head_forward, &call);
     }
+    if (status == D3SR_OK) status = d3sr_check_output(logits, (size_t)n * h * w, "the patch head's logits");
     d3sr_model_leave(m);
     return status;
 }

@@ -493,6 +493,9 @@ d3sr_status d3sr_unet_forward(d3sr_model *m, const float *sample, int n, int h, 
     unet_call call = {u, sample, timesteps, context, text_embeds, time_ids, n, h, w, context_len, text_dim, n_time_ids,
                       u->host_embedding, out};
     status = d3sr_ctx_run(&m->ctx, unet_forward, &call);
+    if (status == D3SR_OK)
+        status = d3sr_check_output(out, (size_t)out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3],
+                                   "the UNet's output");
 done:
     d3sr_model_leave(m);
     return status;

@@ -312,6 +312,13 @@ static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_statu
         vae_call call = {v, input, n, h, w, output};
         status = d3sr_ctx_run(&m->ctx, forward, &call);
     }
+    if (status == D3SR_OK) {
+        int64_t in_shape[4] = {n, channels, h, w}, out_shape[4];
+        status = d3sr_vae_output_shape(m, part == D3SR_VAE_ENCODER, in_shape, out_shape);
+        if (status == D3SR_OK)
+            status = d3sr_check_output(output, (size_t)out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3],
+                                       part == D3SR_VAE_ENCODER ? "the VAE encoder's output" : "the VAE decoder's output");
+    }
     d3sr_model_leave(m);
     return status;
 }

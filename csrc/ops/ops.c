@@ -7,6 +7,7 @@
  */
 #include "ops.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,6 +200,13 @@ d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtyp
         }
         f32 = converted;
     }
+    /* Refused at load, where it is cheap and the name is known: NaN or Inf in
+     * a weight only ever yields NaN outputs (black pixels, NaN scores). */
+    for (size_t i = 0; i < count; i++)
+        if (!isfinite(f32[i])) {
+            free(converted);
+            return d3sr_fail(D3SR_ERR_VALUE, "weight '%s' contains NaN or Inf (element %zu)", param->name, i);
+        }
 
     const int64_t *s = param->shape;
     memset(dst, 0, sizeof *dst);
