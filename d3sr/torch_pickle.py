@@ -79,7 +79,15 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+# data.pkl holds the structure only (tensors live in their own entries): a
+# LoRA's is a few kilobytes, a full model's a few megabytes.
+_MAX_PICKLE_BYTES = 256 << 20
+
+
+# The pure-Python unpickler: the C one sizes its memo table by the largest
+# index a file names, so LONG_BINPUT 2^32 - 1 in a few bytes of input
+# allocated gigabytes (found by fuzz/targets.py); here the memo is a dict.
+class _Unpickler(pickle._Unpickler):
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: str):
         super().__init__(file)
         self._archive, self._prefix, self._path = archive, prefix, path
@@ -132,6 +140,9 @@ def load(path: str):
             raise ValueError(f"{path}: expected one data.pkl in the archive, found {pickles}")
         prefix = pickles[0][: -len("data.pkl")]
         try:
+            size = archive.getinfo(pickles[0]).file_size
+            if size > _MAX_PICKLE_BYTES:
+                raise ValueError(f"{pickles[0]} is {size} bytes; more than {_MAX_PICKLE_BYTES} is not a checkpoint's")
             with archive.open(pickles[0]) as f:
                 return _Unpickler(f, archive, prefix, path).load()
         except ValueError as e:

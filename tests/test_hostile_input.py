@@ -653,3 +653,19 @@ def test_text_file_named_as_weights_gets_no_integer_of_its_bytes(tmp_path):
     message = str(error.value)
     assert str(int.from_bytes(b"hello wo", "little")) not in message
     assert "emb.safetensors" in message and "first 8 bytes" in message
+
+
+def test_pickle_memo_index_does_not_size_memory(tmp_path):
+    # LONG_BINPUT 2^32 - 16: the C unpickler sized its memo table by the index
+    # (gigabytes from 10 bytes of input); found by fuzz/targets.py.
+    path = tmp_path / "memo.pkl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02N" + b"r" + (2 ** 32 - 16).to_bytes(4, "little") + b".")
+    code = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from d3sr import torch_pickle
+print("loaded", torch_pickle.load({str(path)!r}))
+"""
+    result = run_child(code)
+    assert result.returncode == 0 and "loaded None" in result.stdout, result.stderr[-2000:]
