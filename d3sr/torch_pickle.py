@@ -12,6 +12,7 @@ checkpoint converters (d3sr.tools).
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import struct
 import zipfile
@@ -129,9 +130,13 @@ class _Unpickler(pickle._Unpickler):
 
 def load(path: str):
     """The object torch.save wrote to path, with tensors as NumPy arrays."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"torch file not found: {path}")
+    # An OSError past this point is the archive's, not the file system's: a
+    # corrupt offset makes zipfile seek before the start (EINVAL).
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, ValueError, struct.error):
+    except (zipfile.BadZipFile, EOFError, ValueError, struct.error, OSError):
         raise ValueError(f"{path} is not a zip-format torch file (saved by PyTorch < 1.6?); "
                          f"re-save it with a current torch.save") from None
     with archive:
@@ -150,6 +155,6 @@ def load(path: str):
             raise ValueError(message if message.startswith(path) else f"{path}: {message}") from None
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zlib.error, struct.error, AttributeError,
                 TypeError, KeyError, IndexError, RecursionError, UnicodeDecodeError, OverflowError,
-                NotImplementedError) as e:
+                NotImplementedError, OSError) as e:
             raise ValueError(f"{path} is not a readable torch file (corrupt or not saved by torch.save): "
                              f"{type(e).__name__}: {e}") from None

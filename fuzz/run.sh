@@ -25,9 +25,9 @@ for target in "${targets[@]}"; do
     log="$out/$target/log"
     extra=()
     if [ "$jobs" -gt 1 ]; then extra=(-fork="$jobs" -ignore_crashes=0); fi
-    # -timeout: one input over 20 s is a hang; -rss_limit_mb: over 4 GB is a finding too.
+    # -timeout: one input over 60 s is a hang (a loaded CI machine needs the margin); -rss_limit_mb: over 4 GB is a finding too.
     python fuzz/targets.py "$target" "$out/$target/corpus" "fuzz/corpus/$target" \
-        -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -max_len=65536 \
+        -max_total_time="$seconds" -timeout=60 -rss_limit_mb=4096 -max_len=65536 \
         -artifact_prefix="$out/$target/findings/" -print_final_stats=1 "${extra[@]}" >"$log" 2>&1
     rc=$?
     runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)

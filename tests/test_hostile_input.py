@@ -669,3 +669,102 @@ print("loaded", torch_pickle.load({str(path)!r}))
 """
     result = run_child(code)
     assert result.returncode == 0 and "loaded None" in result.stdout, result.stderr[-2000:]
+
+
+# ---- lasting: no growth over 1000 calls, 8 threads deterministic ----------------------
+
+def test_thousand_calls_of_each_entry_point_grow_no_memory(tmp_path):
+    # Successful calls and refused ones (the error paths free what they took),
+    # in a fresh process so the resident size is this test's alone.
+    code = """
+import gc, os, numpy as np, d3sr
+from d3sr import metrics, torch_pickle
+from d3sr.lora import LoRA
+from d3sr.weights import WeightFile
+from conftest import DATA
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+from d3sr.testing import iter_random_weights
+import torch_zip
+from test_hostile_input import tiny_unet_config
+d3sr.set_num_threads(2)
+# Tiny models and files, so 1000 calls of each stay cheap: the point is the bookkeeping.
+vae = d3sr.VAE.from_config({"block_out_channels": [8, 8], "norm_num_groups": 4, "layers_per_block": 1})
+vae.load_weights(iter_random_weights(vae.weight_shapes(), seed=0))
+unet = d3sr.UNet.from_config(tiny_unet_config())
+unet.load_weights(iter_random_weights(unet.weight_shapes(), seed=1))
+rng = np.random.default_rng(0)
+x = rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+z = rng.standard_normal((1, 4, 4, 4)).astype(np.float32)
+s = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+ctx = rng.standard_normal((1, 3, 8)).astype(np.float32)
+img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+weights = os.path.join(DATA, "vae_a", "diffusion_pytorch_model.safetensors")
+from safetensors.numpy import save_file
+lora_file = os.path.join(os.environ["SCRATCH"], "lora.safetensors")
+save_file({"conv_in.lora_A.weight": np.ones((2, 4, 3, 3), np.float32),
+           "conv_in.lora_B.weight": np.ones((8, 2, 1, 1), np.float32)}, lora_file)
+pkl = os.path.join(os.environ["SCRATCH"], "small.pkl")
+with open(pkl, "wb") as f:
+    f.write(torch_zip.dumps({"w": torch_zip.tensor(np.ones((4, 4), np.float32), "0"), "rank": 4}))
+calls = {
+    "vae.encode": lambda: vae.encode(x),
+    "vae.decode": lambda: vae.decode(z, return_intermediates=True),
+    "unet": lambda: unet(s, 10, ctx),
+    "psnr+ssim": lambda: (metrics.psnr(img, img), metrics.ssim(img, img)),
+    "weight file": lambda: WeightFile(weights).close(),
+    "lora": lambda: LoRA.load(lora_file),
+    "pickle": lambda: torch_pickle.load(pkl),
+    "bad array": lambda: vae.encode(np.full((1, 3, 8, 8), np.nan, np.float32)),
+    "bad shape": lambda: unet(s[:, :3], 10, ctx),
+}
+import time
+for name, call in calls.items():
+    start = time.perf_counter()
+    def run(n):
+        for _ in range(n):
+            try:
+                call()
+            except ValueError:
+                pass
+    run(100)
+    gc.collect()
+    before = rss()
+    run(1000)
+    gc.collect()
+    grown = rss() - before
+    print(name, grown, "bytes", round(time.perf_counter() - start, 1), "s")
+    assert grown < 4 << 20, f"{name}: {grown} bytes more after 1000 calls"
+print("ok")
+"""
+    result = run_child(code, env={"SCRATCH": str(tmp_path)}, timeout=900)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_eight_cpu_threads_are_bit_identical_call_to_call():
+    vae = d3sr.VAE.load(os.path.join(HERE, "data", "vae_a"))
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 24, 32)).astype(np.float32)
+    before = d3sr.get_num_threads()
+    d3sr.set_num_threads(8)
+    try:
+        first = vae.encode(x)
+        for _ in range(3):
+            np.testing.assert_array_equal(vae.encode(x), first)
+        z = first.copy()
+        decoded = vae.decode(z)
+        np.testing.assert_array_equal(vae.decode(z), decoded)
+    finally:
+        d3sr.set_num_threads(before)
+
+
+def test_zip_with_an_offset_before_the_start_is_a_value_error(tmp_path):
+    # Found by fuzz/targets.py: zipfile seeks before the file's start (OSError EINVAL).
+    import base64
+
+    path = tmp_path / "seek.pkl"
+    path.write_bytes(base64.b64decode("UEsDBBQAAAAAAGWKgV0LboNPogAAAKIAAAAQAAAAYXJjaGl2ZS9kYXRhLnBrbIACfXEAWAEAAAB2cQFjdG9yY2guX3V0aWxzCl9yZWJ1aWxkX3RlbnNvcl92MgooKFgHAAAAc3RvcmFnZXECY3RvcmNoCkZsb2F0U3RvcmFnZQpYAQAAADAvZGF0YS8wAAAAAAAAgD8AAABAAABAQAAAgEAAAKBAUEsBAhQDFAAAAAAAZYqBXQtug0+iAAAAogAAABAAAAAAAAAAAAAAAIABAAAAAGFyY2hpdmUvZGF0YS5wa2xQSwECFAMUAAAAAABlioFdF5DnkRgAAAAYAAAADgAAAAAAAAAAAAAAgAHQAAAAYXJjaGl2ZS9kYXRhLzVQSwUGAAAAAAIAAgB6AAAAFAEAAAAA"))
+    with pytest.raises(ValueError, match="seek.pkl"):
+        torch_pickle.load(str(path))
