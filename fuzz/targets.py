@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzz targets (atheris) for every reader of untrusted input.
 
     python fuzz/targets.py TARGET [libFuzzer arguments...]
@@ -217,10 +218,16 @@ TARGETS = {
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
+    # libFuzzer's -fork mode restarts this script with its own arguments only,
+    # so the target also travels in the environment.
+    if len(sys.argv) > 1 and sys.argv[1] in TARGETS:
+        name, args = sys.argv[1], sys.argv[2:]
+        os.environ["D3SR_FUZZ_TARGET"] = name
+    else:
+        name, args = os.environ.get("D3SR_FUZZ_TARGET"), sys.argv[1:]
+    if name not in TARGETS:
         sys.exit(f"usage: python fuzz/targets.py {{{','.join(TARGETS)}}} [libFuzzer arguments]")
-    target = TARGETS[sys.argv[1]]
-    atheris.Setup([sys.argv[0]] + sys.argv[2:], target)
+    atheris.Setup([sys.argv[0]] + args, TARGETS[name])
     atheris.Fuzz()
 
 
