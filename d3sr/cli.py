@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import struct
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -117,10 +118,15 @@ def read_rgb(path: str):
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as image:
-        if image.mode not in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr"):
-            raise CommandError(f"{path}: {image.mode} images are not supported; d3sr eval reads 8-bit images")
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr"):
+                raise CommandError(f"{path}: {image.mode} images are not supported; d3sr eval reads 8-bit images")
+            return np.asarray(image.convert("RGB"))
+    # PIL's bomb check and its parsers' SyntaxError, struct and EOF errors are
+    # not OSErrors: without this they end the CLI with a traceback.
+    except (Image.DecompressionBombError, SyntaxError, EOFError, struct.error) as e:
+        raise CommandError(f"{path}: cannot read the image: {e}") from None
 
 
 def run_eval(args) -> int:

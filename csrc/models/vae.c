@@ -65,16 +65,21 @@ static d3sr_status check_config(const d3sr_vae_config *c)
 {
     if (c->num_levels < 1 || c->num_levels > D3SR_MAX_LEVELS)
         return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels must have 1 to %d entries, not %d", D3SR_MAX_LEVELS, c->num_levels);
-    if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "in_channels, out_channels and latent_channels must be positive");
-    if (c->layers_per_block < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block must be positive, not %d", c->layers_per_block);
-    if (c->norm_num_groups < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "norm_num_groups must be positive, not %d", c->norm_num_groups);
+    /* Sizes bounded by d3sr.h's limits, so nothing derived from them overflows. */
+    if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1 || c->in_channels > D3SR_MAX_CHANNELS ||
+        c->out_channels > D3SR_MAX_CHANNELS || c->latent_channels > D3SR_MAX_CHANNELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "in_channels, out_channels and latent_channels must be in [1, %d]",
+                         D3SR_MAX_CHANNELS);
+    if (c->layers_per_block < 1 || c->layers_per_block > D3SR_MAX_LAYERS_PER_BLOCK)
+        return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block = %d is outside [1, %d]", c->layers_per_block,
+                         D3SR_MAX_LAYERS_PER_BLOCK);
+    if (c->norm_num_groups < 1 || c->norm_num_groups > D3SR_MAX_CHANNELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "norm_num_groups = %d is outside [1, %d]", c->norm_num_groups, D3SR_MAX_CHANNELS);
     for (int i = 0; i < c->num_levels; i++)
-        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups != 0)
-            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a positive multiple of norm_num_groups = %d",
-                             i, c->block_out_channels[i], c->norm_num_groups);
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] > D3SR_MAX_CHANNELS ||
+            c->block_out_channels[i] % c->norm_num_groups != 0)
+            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a multiple of norm_num_groups = %d "
+                             "in [1, %d]", i, c->block_out_channels[i], c->norm_num_groups, D3SR_MAX_CHANNELS);
     return D3SR_OK;
 }
 
@@ -305,6 +310,13 @@ static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_statu
     if (status == D3SR_OK) {
         vae_call call = {v, input, n, h, w, output};
         status = d3sr_ctx_run(&m->ctx, forward, &call);
+    }
+    if (status == D3SR_OK) {
+        int64_t in_shape[4] = {n, channels, h, w}, out_shape[4];
+        status = d3sr_vae_output_shape(m, part == D3SR_VAE_ENCODER, in_shape, out_shape);
+        if (status == D3SR_OK)
+            status = d3sr_check_output(output, (size_t)out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3],
+                                       part == D3SR_VAE_ENCODER ? "the VAE encoder's output" : "the VAE decoder's output");
     }
     d3sr_model_leave(m);
     return status;

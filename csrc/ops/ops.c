@@ -7,6 +7,7 @@
  */
 #include "ops.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -280,6 +281,13 @@ d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtyp
         }
         f32 = converted;
     }
+    /* Refused at load, where it is cheap and the name is known: NaN or Inf in
+     * a weight only ever yields NaN outputs (black pixels, NaN scores). */
+    for (size_t i = 0; i < count; i++)
+        if (!isfinite(f32[i])) {
+            free(converted);
+            return d3sr_fail(D3SR_ERR_VALUE, "weight '%s' contains NaN or Inf (element %zu)", param->name, i);
+        }
 
     const int64_t *s = param->shape;
     memset(dst, 0, sizeof *dst);
@@ -307,6 +315,12 @@ d3sr_status d3sr_tensor_new(d3sr_ctx *ctx, int n, int h, int w, int c, d3sr_tens
 {
     if (n <= 0 || h <= 0 || w <= 0 || c <= 0)
         return d3sr_fail(D3SR_ERR_VALUE, "internal error: tensor shape [%d, %d, %d, %d] is empty", n, h, w, c);
+    /* Kernels index rows (n x h x w) and channels with 32-bit integers and
+     * OpenBLAS takes 32-bit sizes: refuse, in 64-bit arithmetic, what would wrap. */
+    int64_t rows = (int64_t)n * h * w;
+    if (rows > D3SR_MAX_ROWS || c > D3SR_MAX_CHANNELS * 9)
+        return d3sr_fail(D3SR_ERR_VALUE, "an activation of shape [%d, %d, %d, %d] is too large (at most %d pixels or "
+                         "tokens over the batch); use a smaller batch or image, or tiles", n, h, w, c, D3SR_MAX_ROWS);
     memset(out, 0, sizeof *out);
     out->dtype = ctx->dtype;
     out->n = n;
