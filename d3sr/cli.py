@@ -1,6 +1,7 @@
 """The `d3sr` command: upscale images, score them, build checkpoints, try the pipeline.
 
     d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32|fp16|bf16]
+                 [--quality 95] [--format png|jpg|webp|tiff|same] [--skip-existing]
     d3sr eval --sr DIR --hr DIR [--metrics psnr,ssim,lpips,dists,ea_dists] [--crop-border N] [--csv FILE]
     d3sr make-checkpoint --sd DIR --text-embedding FILE -o DIR [--unet-lora F] [--vae-lora F] ...
     d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
@@ -27,37 +28,6 @@ LOWER_IS_BETTER = {"lpips", "dists", "ea_dists"}
 
 class CommandError(Exception):
     """A problem with the command's input, printed without a traceback."""
-
-
-# ---- progress ------------------------------------------------------------------------
-
-class Progress:
-    """A one-line progress bar on stderr: redrawn in place on a terminal, a line
-    every 10% otherwise (logs)."""
-
-    def __init__(self, total: int, stream=None, width: int = 30):
-        self.total, self.width, self.stream = total, width, stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start, self.last_tenth = time.monotonic(), -1
-
-    def update(self, done: int, label: str = "") -> None:
-        frac = done / self.total if self.total else 1.0
-        if not self.tty:
-            tenth = int(frac * 10)
-            if tenth == self.last_tenth:
-                return
-            self.last_tenth = tenth
-        filled = int(round(frac * self.width))
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / done * (self.total - done) if done else 0.0
-        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} {elapsed:.0f}s<{eta:.0f}s {label}"
-        self.stream.write(("\r" + line[:120] + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # ---- eval ----------------------------------------------------------------------------
@@ -114,13 +84,10 @@ def pair_images(sr_dir: str, hr_dir: str, suffix: str = "") -> List[Tuple[str, s
 
 
 def read_rgb(path: str):
-    import numpy as np
-    from PIL import Image
+    """An image file as [H, W, 3] uint8, upright (EXIF orientation applied); 16 bits rounded to 8."""
+    from .images import read_image
 
-    with Image.open(path) as image:
-        if image.mode not in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr"):
-            raise CommandError(f"{path}: {image.mode} images are not supported; d3sr eval reads 8-bit images")
-        return np.asarray(image.convert("RGB"))
+    return read_image(path).rgb8()
 
 
 def run_eval(args) -> int:
@@ -156,10 +123,9 @@ def run_eval(args) -> int:
                 raise CommandError(str(e)) from None
 
     rows = []
-    progress = Progress(len(pairs))
-    try:
-        for i, (name, sr_path, hr_path) in enumerate(pairs):
-            progress.update(i, name)
+    with _progress(len(pairs), "eval") as progress:
+        for name, sr_path, hr_path in pairs:
+            progress.set_postfix_str(name, refresh=False)
             sr, hr = read_rgb(sr_path), read_rgb(hr_path)
             if sr.shape != hr.shape:
                 raise CommandError(f"{name}: SR {os.path.basename(sr_path)} is {sr.shape[1]}x{sr.shape[0]}, "
@@ -168,9 +134,7 @@ def run_eval(args) -> int:
                 rows.append([name] + [float(score[metric](sr, hr)) for metric in chosen])
             except ValueError as e:
                 raise CommandError(f"{name}: {e}") from None
-        progress.update(len(pairs), "done")
-    finally:
-        progress.close()
+            progress.update()
 
     if args.csv:
         with open(args.csv, "w", newline="") as f:
@@ -227,12 +191,21 @@ def run_convert_metric_weights(args) -> int:
     return 0
 
 
+def _progress(total: int, what: str):
+    """A tqdm bar on stderr (a line per update where stderr is no terminal, e.g. a log)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="image", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0 if not sys.stderr.isatty() else 0.1)
+
+
 def _images_in(paths):
     """Image files named or inside the folders named, in a stable order."""
     found = []
     for path in paths:
         if os.path.isdir(path):
-            found += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found += sorted(os.path.join(path, f) for f in os.listdir(path)
+                            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f)))
         elif os.path.isfile(path):
             found.append(path)
         else:
@@ -242,32 +215,81 @@ def _images_in(paths):
     return found
 
 
-def write_image(path: str, image) -> None:
-    from PIL import Image
+def write_image(path: str, image, **options) -> str:
+    """Writes an array or d3sr.images.Picture atomically (see d3sr.images.write_image)."""
+    from .images import write_image as write
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(image).save(path)
+    return write(path, image, **options)
+
+
+def plan_outputs(inputs: List[str], given: Sequence[str], output: str, fmt: str) -> List[Tuple[str, str]]:
+    """[(input, output path)] for `d3sr upscale`, refusing before any work whatever would
+    destroy data: an output that is an input, an output folder that is an input folder, and
+    two inputs that would be written to the same file."""
+    from .images import output_format
+
+    def same(a: str, b: str) -> bool:
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+    to_folder = len(inputs) > 1 or any(os.path.isdir(p) for p in given) or os.path.isdir(output)
+    if to_folder and os.path.isfile(output):
+        raise CommandError(f"-o {output} is a file; several inputs need an output folder")
+    if to_folder:
+        for folder in {os.path.dirname(p) or "." for p in inputs}:
+            if same(folder, output):
+                raise CommandError(f"-o {output} is the folder of the inputs; write the results to another folder")
+        extension = {"same": None, "jpg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif"}[fmt]
+        plan = []
+        for path in inputs:
+            stem, ext = os.path.splitext(os.path.basename(path))
+            plan.append((path, os.path.join(output, stem + (extension or ext))))
+    else:
+        plan = [(inputs[0], output)]
+    written: Dict[str, str] = {}
+    for path, target in plan:
+        try:
+            output_format(target)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        if any(os.path.exists(target) and same(target, p) for p in inputs):
+            raise CommandError(f"{target} is an input; d3sr never writes over its inputs, choose another -o")
+        key = os.path.normcase(os.path.abspath(target))
+        if key in written:
+            raise CommandError(f"{written[key]} and {path} would both be written to {target}; rename one"
+                               + (", or keep each input's format with --format same" if fmt != "same" else ""))
+        written[key] = path
+    return plan
 
 
 def run_upscale(args) -> int:
     import d3sr
+    from .images import check_writable, read_image, upscale_picture
 
-    inputs = _images_in(args.inputs)
-    to_folder = len(inputs) > 1 or os.path.isdir(args.inputs[0]) or os.path.isdir(args.output)
+    if not 1 <= args.quality <= 100:
+        raise CommandError(f"--quality must be from 1 to 100, not {args.quality}")
+    plan = plan_outputs(_images_in(args.inputs), args.inputs, args.output, args.format)
+    if args.skip_existing:
+        todo = [(path, target) for path, target in plan if not os.path.exists(target)]
+        if len(todo) < len(plan):
+            print(f"skipping {len(plan) - len(todo)} of {len(plan)} images whose output exists", file=sys.stderr)
+        plan = todo
+        if not plan:
+            return 0
     if args.threads:
         d3sr.set_num_threads(args.threads)
     start = time.perf_counter()
     upscaler = d3sr.Upscaler.load(args.checkpoint, device=args.device, dtype=args.dtype)
     print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    for i, path in enumerate(inputs):
-        image = read_rgb(path)
-        start = time.perf_counter()
-        out = upscaler.upscale(image, scale=args.scale)
-        target = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png") if to_folder \
-            else args.output
-        write_image(target, out)
-        print(f"[{i + 1}/{len(inputs)}] {path} {image.shape[1]}x{image.shape[0]} -> {target} "
-              f"{out.shape[1]}x{out.shape[0]} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    with _progress(len(plan), "upscale") as progress:
+        for path, target in plan:
+            picture = read_image(path)
+            check_writable(target, picture)  # before the model's work, not after
+            start = time.perf_counter()
+            out = upscale_picture(picture, lambda rgb: upscaler.upscale(rgb, scale=args.scale))
+            write_image(target, out, quality=args.quality)
+            progress.write(f"{path} {picture.size[0]}x{picture.size[1]} -> {target} {out.size[0]}x{out.size[1]} "
+                           f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+            progress.update()
     return 0
 
 
@@ -321,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                    help="default: fp32 on the CPU, bf16 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1..100 (default 95)")
+    p.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tiff", "same"),
+                   help="format of the files written into an output folder (default png; same: each input's)")
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
     p.set_defaults(run=run_upscale)
 
     add_eval(sub)
