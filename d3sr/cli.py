@@ -3,6 +3,7 @@
     d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32|fp16|bf16]
                  [--quality 95] [--format png|jpg|webp|tiff|same] [--skip-existing]
     d3sr eval --sr DIR --hr DIR [--metrics psnr,ssim,lpips,dists,ea_dists] [--crop-border N] [--csv FILE]
+    d3sr score IMAGES... --discriminator DIR [-t 250] [--seed 0] [--heatmap OUT_DIR] [--csv FILE]
     d3sr make-checkpoint --sd DIR --text-embedding FILE -o DIR [--unet-lora F] [--vae-lora F] ...
     d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
     d3sr convert-osediff MODEL.pkl -o DIR
@@ -149,6 +150,92 @@ def run_eval(args) -> int:
     print(conventions)
     print("  ".join(f"{(name + (' (lower better)' if name in LOWER_IS_BETTER else '')):>22}" for name in chosen))
     print("  ".join(f"{v:>22.4f}" for v in means))
+    if args.csv:
+        print(f"per-image scores: {args.csv}")
+    return 0
+
+
+# ---- score ---------------------------------------------------------------------------
+
+def add_score(sub) -> None:
+    p = sub.add_parser("score", help="the discriminator's realness of image files, with heat maps",
+                       description="Encodes each image with the discriminator's VAE, noises it to timestep t "
+                                   "(seeded, the same noise for every image of a size) and prints the mean "
+                                   "probability of being real over its 32x32-pixel patches. An image whose "
+                                   "sides are not multiples of 32 is scored on its top-left part that is.")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--discriminator", required=True, help="discriminator checkpoint folder (with a vae/)")
+    p.add_argument("-t", "--timestep", type=int, default=250, help="noise timestep, 0..999 (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--heatmap", metavar="OUT_DIR", help="write NAME_realness.png heat maps here")
+    p.add_argument("--csv", help="write per-image scores here")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.set_defaults(run=run_score)
+
+
+def run_score(args) -> int:
+    import numpy as np
+
+    from . import losses
+    from .discriminator import PATCH, Discriminator
+    from .images import read_image
+    from .viz import heatmap_rgb
+
+    if not 0 <= args.timestep <= 999:
+        raise CommandError(f"-t must be a timestep from 0 to 999, not {args.timestep}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise CommandError(f"--seed must be from 0 to 2^63 - 1, not {args.seed}")
+    inputs = _images_in(args.images)
+    heatmaps: Dict[str, str] = {}
+    if args.heatmap:
+        for path in inputs:
+            target = os.path.join(args.heatmap, os.path.splitext(os.path.basename(path))[0] + "_realness.png")
+            key = os.path.normcase(os.path.abspath(target))
+            if key in heatmaps.values():
+                other = next(p for p, t in heatmaps.items() if t == key)
+                raise CommandError(f"{other} and {path} would both have their heat map written to {target}")
+            if os.path.exists(target) and any(os.path.samefile(target, p) for p in inputs):
+                raise CommandError(f"{target} is an input; d3sr never writes over its inputs, choose another --heatmap")
+            heatmaps[path] = key
+    if args.threads:
+        from ._native import _core
+
+        _core.set_num_threads(args.threads)
+    disc = Discriminator.load(args.discriminator)
+    if disc.vae is None:
+        raise CommandError(f"{args.discriminator} has no VAE ('vae' in its d3sr.json) to encode images with")
+    multiple = disc.vae.downscale * PATCH  # pixels per patch side
+    rows = []
+    with _progress(len(inputs), "score") as progress:
+        for path in inputs:
+            picture = read_image(path)
+            h, w = (side - side % multiple for side in picture.pixels.shape[:2])
+            if h == 0 or w == 0:
+                raise CommandError(f"{path} is {picture.size[0]}x{picture.size[1]}: smaller than one "
+                                   f"{multiple}x{multiple} patch")
+            rgb = picture.rgb()[:h, :w]
+            logits = disc.score_images(np.ascontiguousarray(rgb), args.timestep, seed=args.seed)  # [1, 1, h/32, w/32]
+            p = losses.probabilities(logits)[0, 0]
+            rows.append((path, float(p.mean()), float(logits.mean()), p.shape))
+            if args.heatmap:
+                from .images import write_image as write
+
+                write(heatmaps[path], heatmap_rgb(rgb, p))
+            progress.update()
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "p_real", "logit", "patches"])
+            for path, p_real, logit, shape in rows:
+                writer.writerow([path, f"{p_real:.6f}", f"{logit:.6f}", f"{shape[1]}x{shape[0]}"])
+    print(f"{len(rows)} images; discriminator {args.discriminator}, t = {args.timestep}, seed {args.seed}")
+    print(f"{'mean P(real)':>12}  {'mean logit':>10}  {'patches':>8}  image")
+    for path, p_real, logit, shape in rows:
+        print(f"{p_real:>12.4f}  {logit:>10.4f}  {shape[1]:>3}x{shape[0]:<4}  {path}")
+    if len(rows) > 1:
+        print(f"{np.mean([r[1] for r in rows]):>12.4f}  {np.mean([r[2] for r in rows]):>10.4f}  {'':>8}  (mean)")
+    if args.heatmap:
+        print(f"heat maps: {args.heatmap}")
     if args.csv:
         print(f"per-image scores: {args.csv}")
     return 0
@@ -350,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_upscale)
 
     add_eval(sub)
+    add_score(sub)
 
     p = sub.add_parser("make-checkpoint", help="assemble a generator checkpoint folder")
     p.add_argument("--sd", required=True, help="an SD 2.1-base diffusers folder (with unet/ and vae/)")
