@@ -419,3 +419,12 @@ def _write_tiff16(f, pixels: np.ndarray, icc: Optional[bytes]) -> None:
                      extrasamples=("unassalpha",) if c in (2, 4) else None, compression="zlib",
                      iccprofile=icc)
     f.write(encoded.getvalue())
+
+
+def list_images(folder) -> list:
+    """The image files (by extension: .png .jpg .jpeg .webp .tif .tiff .bmp) in a folder, sorted by name."""
+    folder = _path_argument(folder, "folder")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"not a folder: {folder}")
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if os.path.splitext(name)[1].lower() in FORMATS and os.path.isfile(os.path.join(folder, name)))
