@@ -199,7 +199,7 @@ class BuildExt(build_ext):
         for a in archs:
             gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
         gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-        flags = ["-std=c++17", "-O3", "-lineinfo", "-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall,-Wno-unused-parameter",
+        flags = ["-std=c++20", "-O3", "-lineinfo", "-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall,-Wno-unused-parameter",
                  "-I" + os.path.join(HERE, "csrc")] + ["-I" + d for d in includes] + gencode
         srcs = sorted(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
         headers = [f for pattern in ("cuda/*.cuh", "core/*.h", "ops/*.h", "d3sr.h")

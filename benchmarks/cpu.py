@@ -1,7 +1,7 @@
 """d3sr against diffusers/PyTorch on the CPU: same weights, same threads, one run.
 
     python benchmarks/cpu.py [--tasks vae_decode,vae_encode,unet,generator] \
-        [--torch-python PATH] [--threads 2] [--runs 3] [--size 512]
+        [--torch-python PATH] [--threads 2] [--runs 3] [--size 512] [--profile]
 
 Tasks, on the real SD 2.1-base architectures with seeded random weights
 (d3sr/testing.py draws the same weights for both engines):
@@ -17,6 +17,9 @@ d3sr / PyTorch and the relative L2 difference of the outputs. torch and
 diffusers may live in another interpreter (--torch-python); d3sr must be
 importable by this one. OpenBLAS's kernel choice (OPENBLAS_CORETYPE) is printed:
 it decides d3sr's matrix-product speed and does not affect PyTorch's.
+--profile adds, per task, where d3sr's time went op by op (model.profile()
+over the timed calls; each op then waits for its kernels, so the profiled
+total can exceed the unprofiled time a little).
 """
 import argparse
 import importlib.util
@@ -45,6 +48,7 @@ TIMESTEP, DISC_TIMESTEP, load_testing, task_inputs = (common.TIMESTEP, common.DI
 
 
 def d3sr_engine(task, inputs):
+    """(function, its input, the models it runs)."""
     import d3sr
 
     testing = load_testing()
@@ -63,20 +67,22 @@ def d3sr_engine(task, inputs):
         return model
 
     if task == "vae_encode":
-        return vae(("encoder",)).encode, inputs["x"]
+        model = vae(("encoder",))
+        return model.encode, inputs["x"], [model]
     if task == "vae_decode":
-        return vae(("decoder",)).decode, inputs["z"]
+        model = vae(("decoder",))
+        return model.decode, inputs["z"], [model]
     if task == "unet":
         model = unet()
-        return (lambda z: model(z, TIMESTEP, inputs["context"])), inputs["z"]
+        return (lambda z: model(z, TIMESTEP, inputs["context"])), inputs["z"], [model]
     if task == "disc_trunk":
         trunk = d3sr.UNet.from_config(testing.real_config("sdxl-base-unet"), trunk_only=True)
         trunk.load_weights(testing.iter_random_weights(trunk.weight_shapes(), seed=3))
         return (lambda z: trunk(z, DISC_TIMESTEP, inputs["context"], inputs["text_embeds"], inputs["time_ids"])), \
-            inputs["z"]
+            inputs["z"], [trunk]
     upscaler = d3sr.Upscaler(vae(("encoder", "decoder")), unet(), inputs["context"][0],
-                             {**d3sr.checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
-    return (lambda image: upscaler.upscale(image, scale=4)), inputs["image"]
+                             {**d3sr._checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
+    return (lambda image: upscaler.upscale(image, scale=4)), inputs["image"], [upscaler.vae, upscaler.unet]
 
 
 def torch_engine(task, inputs):
@@ -153,7 +159,7 @@ def sdxl_trunk_engine(inputs):
     return run, inputs["z"]
 
 
-def child(engine, task, size, runs, threads):
+def child(engine, task, size, runs, threads, profile=False):
     """Runs in a subprocess: builds the model, times it, prints one JSON line."""
     import numpy as np
 
@@ -163,7 +169,7 @@ def child(engine, task, size, runs, threads):
         import scipy_openblas32
 
         d3sr.set_num_threads(threads)
-        fn, x = d3sr_engine(task, inputs)
+        fn, x, models = d3sr_engine(task, inputs)
         info = {"blas": scipy_openblas32.get_openblas_config().strip()}
     else:
         import torch
@@ -172,11 +178,20 @@ def child(engine, task, size, runs, threads):
         fn, x = torch_engine(task, inputs)
         info = {"torch": torch.__version__}
     out = fn(x)  # warm-up
+    if profile and engine == "d3sr":
+        for model in models:
+            model.profile()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         out = fn(x)
         times.append(time.perf_counter() - start)
+    if profile and engine == "d3sr":
+        ops = {}
+        for model in models:
+            for op, (calls, seconds) in model.profile(False).items():
+                ops[op] = [ops.get(op, [0, 0.0])[0] + calls / runs, ops.get(op, [0, 0.0])[1] + seconds / runs]
+        info["profile"] = ops
     np.save(os.environ["D3SR_BENCH_OUT"], np.asarray(out, np.float32))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     print(json.dumps({"times": times, "peak_rss_mib": peak, **info}))
@@ -189,10 +204,11 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="output image side in pixels (multiple of 64)")
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--profile", action="store_true", help="print d3sr's time per op for each task")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child[0], args.child[1], args.size, args.runs, args.threads)
+        return child(args.child[0], args.child[1], args.size, args.runs, args.threads, args.profile)
 
     import numpy as np
 
@@ -202,14 +218,14 @@ def main():
         sys.exit(f"unknown tasks {sorted(unknown)}; known: {TASKS}")
     print(f"SD 2.1-base, {args.size}x{args.size} output, {args.threads} threads, median of {args.runs} after a warm-up")
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
-    rows, info = [], {}
+    rows, info, profiles = [], {}, {}
     for task in tasks:
         results, outputs = {}, {}
         for engine, python in (("d3sr", sys.executable), ("torch", args.torch_python)):
             out_path = os.path.join("/tmp", f"d3sr_bench_{engine}_{task}.npy")
             env = dict(os.environ, D3SR_BENCH_OUT=out_path)
             cmd = [python, os.path.abspath(__file__), "--child", engine, task, "--size", str(args.size),
-                   "--runs", str(args.runs), "--threads", str(args.threads)]
+                   "--runs", str(args.runs), "--threads", str(args.threads)] + (["--profile"] if args.profile else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 sys.exit(f"{engine} {task} failed:\n{proc.stderr}")
@@ -220,10 +236,17 @@ def main():
         err = np.linalg.norm(a - b) / np.linalg.norm(b)
         ours, theirs = (statistics.median(results[e]["times"]) for e in ("d3sr", "torch"))
         rows.append((task, ours, theirs, results["d3sr"]["peak_rss_mib"], results["torch"]["peak_rss_mib"], err))
+        profiles[task] = results["d3sr"].get("profile")
     print(f"d3sr: {info.get('blas')}; torch {info.get('torch')}")
     print(f"{'task':11} {'d3sr s':>8} {'torch s':>8} {'ratio':>6} {'d3sr MiB':>9} {'torch MiB':>9} {'rel. L2':>9}")
     for task, ours, theirs, rss_ours, rss_theirs, err in rows:
         print(f"{task:11} {ours:8.2f} {theirs:8.2f} {ours / theirs:6.2f} {rss_ours:9.0f} {rss_theirs:9.0f} {err:9.1e}")
+    for task, ops in profiles.items():
+        if ops:
+            total = sum(seconds for _, seconds in ops.values())
+            print(f"\nd3sr {task}, per call: " + ", ".join(
+                f"{op} {seconds:.2f} s ({100 * seconds / total:.0f}%, {calls:.0f} calls)"
+                for op, (calls, seconds) in sorted(ops.items(), key=lambda kv: -kv[1][1]) if seconds > 0))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """LPIPS (alex) and DISTS on the CPU: d3sr against the lpips and DISTS_pytorch
 packages, same weights, same threads.
 
-    python benchmarks/metrics_cpu.py --torch-python /work/refenv/bin/python [--threads 2] [--batch 2] [--runs 3]
+    python benchmarks/metrics_cpu.py --torch-python PYTHON_WITH_TORCH [--threads 2] [--batch 2] [--runs 3]
 
 Scores a batch of --batch image pairs of --size x --size (float32 in [0, 1]).
 The backbones get seeded random weights (d3sr/testing.py draws the same for

@@ -55,6 +55,10 @@ typedef enum {
 /* The message of the last failure on the calling thread ("" if none). */
 D3SR_API const char *d3sr_last_error(void);
 
+/* 1 if device="cuda" can run here (libd3sr_cuda.so loads and sees a GPU);
+ * else 0 and *why says why. */
+D3SR_API int d3sr_cuda_available(const char **why);
+
 /* Threads used by CPU kernels, process-wide. n <= 0 means "all cores". */
 D3SR_API void d3sr_set_num_threads(int n);
 D3SR_API int d3sr_get_num_threads(void);

@@ -5,15 +5,18 @@ called from Python on NumPy arrays.
     upscaler = d3sr.Upscaler.load("checkpoints/d3sr")   # a folder with d3sr.json
     sr = upscaler.upscale(image)                         # H x W x 3 uint8 -> 4H x 4W x 3
 
-The parts run on their own too: d3sr.VAE, d3sr.UNet, d3sr.LoRA. Image-quality
-metrics (PSNR, SSIM, LPIPS, DISTS, EA-DISTS) are in d3sr.metrics.
+The parts run on their own too: d3sr.VAE, d3sr.UNet, d3sr.LoRA. The
+diffusion discriminator is d3sr.Discriminator, its losses d3sr.losses.
+Image-quality metrics (PSNR, SSIM, LPIPS, DISTS, EA-DISTS) are in
+d3sr.metrics. Modules whose names start with an underscore are internal.
 """
-from . import metrics
+from . import losses, metrics
+from ._discriminator import Discriminator
+from ._lora import LoRA
 from ._native import _core
-from .lora import LoRA
-from .unet import UNet
-from .upscaler import Upscaler
-from .vae import VAE
+from ._unet import UNet
+from ._upscaler import Upscaler
+from ._vae import VAE
 
 __version__ = "0.1.0"
 
@@ -38,4 +41,4 @@ def cuda_status() -> str:
     return _core.cuda_status()[1]
 
 
-__all__ = ["metrics", "Upscaler", "VAE", "UNet", "LoRA", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]
+__all__ = ["metrics", "losses", "Upscaler", "Discriminator", "VAE", "UNet", "LoRA", "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]

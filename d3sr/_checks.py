@@ -9,7 +9,7 @@ import numpy as np
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "fp16", "bf16")
 # dtype=None: the CPU computes in fp32 only; the GPU stores bf16 by default
-# (DESIGN.md section 4), keeping fp32's range with half the memory and traffic.
+# (docs/architecture.md, Numerics), keeping fp32's range with half the memory and traffic.
 DEFAULT_DTYPES = {"cpu": "fp32", "cuda": "bf16"}
 
 

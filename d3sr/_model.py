@@ -6,7 +6,7 @@ from typing import Dict, Iterable, Mapping, Tuple, Union
 
 import numpy as np
 
-from .weights import load_arrays
+from ._weights import load_arrays
 
 
 class CoreModel:

@@ -259,7 +259,7 @@ def add_convert_metric_weights(sub) -> None:
 
 
 def run_convert_metric_weights(args) -> int:
-    from . import metric_weights as mw
+    from . import _metric_weights as mw
 
     given = {"alexnet": args.alexnet, "vgg16": args.vgg16, "lpips_dir": args.lpips_dir, "dists": args.dists}
     if not args.no_search:
@@ -381,7 +381,7 @@ def run_upscale(args) -> int:
 
 
 def run_make_checkpoint(args) -> int:
-    from .tools import make_generator_checkpoint
+    from ._tools import make_generator_checkpoint
 
     path = make_generator_checkpoint(args.output, sd=args.sd, text_embedding=args.text_embedding,
                                      unet_lora=args.unet_lora, vae_lora=args.vae_lora, timestep=args.timestep,
@@ -391,7 +391,7 @@ def run_make_checkpoint(args) -> int:
 
 
 def run_make_discriminator(args) -> int:
-    from .tools import make_discriminator_checkpoint
+    from ._tools import make_discriminator_checkpoint
 
     path = make_discriminator_checkpoint(args.output, sdxl=args.sdxl, conditioning=args.conditioning, lora=args.lora,
                                          head=args.head, head_hidden=args.head_hidden,
@@ -402,7 +402,7 @@ def run_make_discriminator(args) -> int:
 
 
 def run_convert_osediff(args) -> int:
-    from .tools import convert_osediff
+    from ._tools import convert_osediff
 
     for path in convert_osediff(args.pkl, args.output):
         print(f"wrote {path}")
@@ -410,7 +410,7 @@ def run_convert_osediff(args) -> int:
 
 
 def run_demo(args) -> int:
-    from .tools import demo
+    from ._tools import demo
 
     demo(size=args.size, tiny=args.tiny, output=args.output, threads=args.threads)
     return 0

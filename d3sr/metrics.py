@@ -26,7 +26,7 @@ come from, and each is an argument here:
   the channel mean, sqrt(gx^2 + gy^2 + 1e-6), zero padding 1, to 3 channels.
 
 LPIPS and DISTS need a weight file made once from the original weights; see
-d3sr.metric_weights (`d3sr convert-metric-weights`). Every call releases the
+d3sr._metric_weights (`d3sr convert-metric-weights`). Every call releases the
 GIL while the C core computes.
 """
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import metric_weights
+from . import _metric_weights as metric_weights
 from ._native import _core
-from .weights import WeightFile, load_into
+from ._weights import WeightFile, load_into
 
 Score = Union[float, np.ndarray]
 

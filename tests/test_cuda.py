@@ -4,13 +4,11 @@ Everywhere, GPU or not: how the backend reports itself where it cannot run
 (cuda_status(), the RuntimeError of device="cuda"), and that libd3sr_cuda.so,
 when built, exports its one entry point and checks the ABI and the driver.
 
-On a GPU: every kernel on awkward shapes and on each of its paths against a
-float64 NumPy reference fed the inputs as the device stores them (rounded to
-fp16/bf16), so the check measures the kernel, not the input rounding; and
-every model against the same diffusers/PyTorch references as the CPU tests:
+On a GPU: every model against the same diffusers/PyTorch references as the
+CPU tests (every kernel is checked on every backend in tests/test_ops.py):
 fp32 to a relative L2 of 1e-4 block by block, fp16/bf16 end to end to
 max(1e-2, twice PyTorch's own error at that precision on the same model and
-input) -- STYLE.md item 12's rule. PyTorch's bf16 misses 1e-2 on most of these
+input), the rule flash-attention uses for its own tolerances. PyTorch's bf16 misses 1e-2 on most of these
 models by itself (0.9e-2 to 2.4e-2), so 1e-2 alone would fail a correct bf16
 implementation; tools/half_precision_errors.py measured PYTORCH_ERRORS below.
 Without a GPU these tests skip, naming the reason.
@@ -24,25 +22,20 @@ import pytest
 
 import d3sr
 from d3sr._native import _core
-from d3sr.discriminator import Discriminator
+from d3sr import Discriminator
 from d3sr.testing import random_weights, real_config
 from conftest import DATA, assert_close, load_reference
-from test_kernels import CONV_CASES, attention_ref, conv2d_ref, gelu_ref, group_norm_ref, nearest_ref
 
 AVAILABLE, WHY = _core.cuda_status()
 LIBRARY = os.path.join(os.path.dirname(_core.__file__), "libd3sr_cuda.so")
 LOADS = os.path.exists(LIBRARY) and "failed to load" not in WHY  # it may miss its CUDA libraries elsewhere
 needs_library = pytest.mark.skipif(not LOADS, reason=f"libd3sr_cuda.so is not there or does not load: {WHY}")
 needs_gpu = pytest.mark.skipif(not AVAILABLE, reason=f"device 'cuda' is unavailable: {WHY}")
-# D3SR_TEST_CUDA_DEVICE=cpu runs the kernel and model checks below in fp32 on the
+# D3SR_TEST_CUDA_DEVICE=cpu runs the model checks below in fp32 on the
 # CPU backend: a check of these tests themselves on a machine without a GPU.
 DEVICE = os.environ.get("D3SR_TEST_CUDA_DEVICE", "cuda")
 on_device = needs_gpu if DEVICE == "cuda" else pytest.mark.skipif(False, reason="")
 DTYPES = ("fp32", "fp16", "bf16") if DEVICE == "cuda" else ("fp32",)
-
-# Kernels on inputs as stored: fp32 arithmetic; fp16 and bf16 round their output
-# (and attention its probabilities) once, 2^-11 and 2^-8 relative at most.
-KERNEL_TOL = {"fp32": 1e-5, "fp16": 3e-3, "bf16": 1e-2}
 
 # torch 2.15.0, CPU, eager, every parameter and activation in the half type;
 # relative L2 against tests/data's fp32 references (tools/half_precision_errors.py).
@@ -70,22 +63,6 @@ def tolerance(dtype: str, case: str) -> float:
     return 1e-4 if dtype == "fp32" else max(1e-2, 2 * PYTORCH_ERRORS[dtype][case])
 
 
-def stored(x, dtype: str):
-    """x as the device holds it in dtype (round to nearest even), back in float32."""
-    if x is None or dtype == "fp32":
-        return x
-    x = np.ascontiguousarray(x, np.float32)
-    if dtype == "fp16":
-        return x.astype(np.float16).astype(np.float32)
-    bits = x.view(np.uint32).astype(np.uint64)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.astype(np.uint32).view(np.float32)
-
-
-def rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
 # ---- everywhere: reporting ------------------------------------------------
 
 def test_status_is_consistent():
@@ -109,7 +86,7 @@ def test_reason_names_the_cause():
     lambda: d3sr.UNet.load(os.path.join(DATA, "unet_sd2"), device="cuda", dtype="fp16"),
     lambda: d3sr.Upscaler.load(os.path.join(DATA, "generator_tiny"), device="cuda"),
     lambda: Discriminator.load(os.path.join(DATA, "disc_tiny"), device="cuda", dtype="fp32"),
-    lambda: _core.conv2d(np.zeros((1, 3, 3, 2), np.float32), np.zeros((1, 2, 1, 1), np.float32), device="cuda"),
+    lambda: _core.op("conv2d", np.zeros((1, 3, 3, 2), np.float32), np.zeros((1, 2, 1, 1), np.float32), device="cuda"),
 ], ids=["vae", "unet", "upscaler", "discriminator", "kernel"])
 def test_asking_for_cuda_raises_the_reason(make):
     with pytest.raises(RuntimeError, match="device 'cuda' is unavailable") as error:
@@ -165,197 +142,6 @@ def test_entry_without_a_device_says_why():
     why = ctypes.create_string_buffer(512)
     assert entry(ctypes.byref(CoreServices(abi=1)), why, len(why)) is None
     assert why.value.decode() == WHY
-
-
-# ---- on a GPU: kernels ----------------------------------------------------
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,h,w,cin,cout,k,stride,pad", CONV_CASES + [
-    (1, 16, 16, 64, 64, 3, 2, (0, 1, 0, 1)),  # the VAE downsample, vectorised padding
-    (2, 32, 24, 32, 48, 3, 1, (1, 1, 1, 1)),
-    (1, 20, 12, 8, 16, 1, 1, (0, 0, 0, 0)),   # 1x1: the GEMM path
-])
-@pytest.mark.parametrize("bias", [True, False])
-def test_conv2d(dtype, n, h, w, cin, cout, k, stride, pad, bias):
-    rng = np.random.default_rng(n * 1000 + h * 10 + cin)
-    x, wt = rand(rng, n, h, w, cin), rand(rng, cout, cin, k, k)
-    b = rand(rng, cout) if bias else None
-    expected = conv2d_ref(stored(x, dtype), stored(wt, dtype), stored(b, dtype), stride, pad)
-    out = _core.conv2d(x, wt, b, stride, pad, device=DEVICE, dtype=dtype)
-    assert_close(out, expected, KERNEL_TOL[dtype], f"conv2d {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [1, 3])
-def test_conv2d_residual(dtype, k):
-    rng = np.random.default_rng(5)
-    x, wt, b = rand(rng, 2, 6, 5, 8), rand(rng, 16, 8, k, k), rand(rng, 16)
-    pad = (k // 2,) * 4
-    res = rand(rng, 2, 6, 5, 16)
-    expected = conv2d_ref(stored(x, dtype), stored(wt, dtype), stored(b, dtype), 1, pad) + stored(res, dtype)
-    out = _core.conv2d(x, wt, b, 1, pad, res, device=DEVICE, dtype=dtype)
-    assert_close(out, expected, KERNEL_TOL[dtype], f"conv2d + residual {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("env", [{"D3SR_CUDA_CONV": "direct"}, {"D3SR_CUDNN_SEARCH": "1"}], ids=["direct", "search"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_other_paths(monkeypatch, env, dtype):
-    """The direct kernel (cuDNN's fallback) and timed algorithm choice compute the same."""
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    rng = np.random.default_rng(7)
-    for n, h, w, cin, cout, k, stride, pad in [(2, 9, 11, 16, 8, 3, 2, (0, 1, 0, 1)), (1, 12, 10, 24, 16, 3, 1, (1, 1, 1, 1))]:
-        x, wt, b = rand(rng, n, h, w, cin), rand(rng, cout, cin, k, k), rand(rng, cout)
-        expected = conv2d_ref(stored(x, dtype), stored(wt, dtype), stored(b, dtype), stride, pad)
-        assert_close(_core.conv2d(x, wt, b, stride, pad, device=DEVICE, dtype=dtype), expected, KERNEL_TOL[dtype],
-                     f"conv2d {env} {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,fin,fout", [(1, 1, 1), (5, 13, 7), (300, 40, 33), (77, 1024, 320), (2, 1280, 1280),
-                                           (4096, 320, 1280), (64, 640, 1)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear(dtype, rows, fin, fout, bias):
-    rng = np.random.default_rng(rows + fin)
-    x, wt = rand(rng, rows, fin), rand(rng, fout, fin)
-    b = rand(rng, fout) if bias else None
-    expected = stored(x, dtype).astype(np.float64) @ stored(wt, dtype).astype(np.float64).T
-    expected = expected + (0 if b is None else stored(b, dtype))
-    assert_close(_core.linear(x, wt, b, device=DEVICE, dtype=dtype), expected, KERNEL_TOL[dtype], f"linear {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,h,w,c,groups", [
-    (1, 5, 7, 12, 4), (2, 3, 3, 6, 1), (1, 4, 4, 10, 10), (1, 1, 1, 32, 8), (3, 9, 2, 15, 5), (1, 40, 30, 64, 32),
-    (1, 64, 64, 128, 32),  # 4 channels a group: the VAE's top level
-    (2, 16, 16, 320, 32),  # 10 a group: vectors of 2
-    (1, 8, 8, 2560, 32),   # more channel vectors than threads
-    (1, 3, 3, 4100, 4),    # odd groups of 1025 channels: the per-group kernel
-])
-@pytest.mark.parametrize("silu", [False, True])
-def test_group_norm(dtype, n, h, w, c, groups, silu):
-    rng = np.random.default_rng(c * 7 + groups)
-    x = rand(rng, n, h, w, c) * 3 + 5  # a large mean: the variance must not cancel away
-    gamma, beta = rand(rng, c), rand(rng, c)
-    out = _core.group_norm(x, groups, gamma, beta, 1e-6, silu, device=DEVICE, dtype=dtype)
-    xs, gs, bs = stored(x, dtype), stored(gamma, dtype), stored(beta, dtype)
-    if h * w * (c // groups) == 1:  # one value per group: the output is beta
-        expected = np.broadcast_to(bs, x.shape).astype(np.float64)
-        expected = expected / (1 + np.exp(-expected)) if silu else expected
-    else:
-        expected = group_norm_ref(xs, groups, gs, bs, 1e-6, silu)
-    assert_close(out, expected, KERNEL_TOL[dtype], f"group_norm {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,c", [(1, 1), (7, 5), (77, 320), (300, 64), (4096, 320), (5, 1280)])
-def test_layer_norm(dtype, rows, c):
-    rng = np.random.default_rng(rows + c)
-    x = rand(rng, rows, c) * 2 + 3
-    gamma, beta = rand(rng, c), rand(rng, c)
-    xd = stored(x, dtype).astype(np.float64)
-    expected = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5) * stored(gamma, dtype) \
-        + stored(beta, dtype)
-    assert_close(_core.layer_norm(x, gamma, beta, 1e-5, device=DEVICE, dtype=dtype), expected, KERNEL_TOL[dtype],
-                 f"layer_norm {dtype}")
-
-
-ATTENTION_CASES = [
-    # n, lq, lk, width, heads: d = width / heads
-    (1, 1, 1, 8, 1), (2, 77, 13, 24, 3), (1, 130, 130, 40, 5), (1, 65, 77, 64, 1), (3, 7, 200, 12, 2),  # small d
-    (2, 77, 77, 640, 10), (1, 300, 200, 64, 1), (1, 128, 64, 128, 2), (2, 129, 7, 320, 5),  # d = 64
-    (1, 100, 100, 128, 1),                   # d = 128, the widest float32 flash kernel
-    (1, 150, 130, 256, 1), (2, 70, 33, 320, 2),  # d > 128: query blocks through cuBLAS
-]
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,lq,lk,width,heads", ATTENTION_CASES)
-def test_attention(dtype, n, lq, lk, width, heads):
-    rng = np.random.default_rng(lq + lk + width)
-    q, k, v = rand(rng, n, lq, width) * 2, rand(rng, n, lk, width) * 2, rand(rng, n, lk, width)
-    expected = attention_ref(stored(q, dtype), stored(k, dtype), stored(v, dtype), heads)
-    out = _core.attention(q, k, v, heads, device=DEVICE, dtype=dtype)
-    assert_close(out, expected, KERNEL_TOL[dtype], f"attention {dtype} d={width // heads}")
-
-
-@on_device
-@pytest.mark.parametrize("path", ["generic", "chunked"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_forced_paths(monkeypatch, path, dtype):
-    """Each path computes every shape it is forced onto (the generic one up to d = 128)."""
-    monkeypatch.setenv("D3SR_CUDA_ATTENTION", path)
-    rng = np.random.default_rng(3)
-    for n, lq, lk, width, heads in [(2, 77, 77, 640, 10), (1, 65, 77, 64, 1), (2, 77, 13, 24, 3)]:
-        q, k, v = rand(rng, n, lq, width) * 2, rand(rng, n, lk, width) * 2, rand(rng, n, lk, width)
-        expected = attention_ref(stored(q, dtype), stored(k, dtype), stored(v, dtype), heads)
-        assert_close(_core.attention(q, k, v, heads, device=DEVICE, dtype=dtype), expected, KERNEL_TOL[dtype],
-                     f"attention {path} {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,size", [((1, 1, 1, 1), (2, 2)), ((2, 3, 5, 7), (6, 10)), ((1, 4, 4, 16), (7, 9)),
-                                        ((1, 5, 3, 2), (5, 3)), ((1, 3, 3, 4), (8, 5)), ((1, 8, 8, 128), (16, 16))])
-def test_upsample_nearest(dtype, shape, size):
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    out = _core.simple_op(_core.OP_UPSAMPLE_NEAREST, x, size=size, device=DEVICE, dtype=dtype)
-    np.testing.assert_array_equal(out, nearest_ref(stored(x, dtype), *size))
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 5, 14), (1, 1, 77, 640)])
-def test_geglu(dtype, shape):
-    x = stored((np.random.default_rng(1).standard_normal(shape) * 3).astype(np.float32), dtype)
-    half = shape[-1] // 2
-    xd = x.astype(np.float64)
-    assert_close(_core.simple_op(_core.OP_GEGLU, x, device=DEVICE, dtype=dtype), xd[..., :half] * gelu_ref(xd[..., half:]),
-                 KERNEL_TOL[dtype], f"geglu {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind,ref", [
-    ("OP_SILU", lambda x: x / (1 + np.exp(-x))),
-    ("OP_RELU", lambda x: np.maximum(x, 0)),
-    ("OP_LEAKY_RELU", lambda x: np.where(x > 0, x, 0.2 * x)),
-    ("OP_GELU", gelu_ref),
-])
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 4, 4, 64)])
-def test_activations(dtype, kind, ref, shape):
-    x = stored((np.random.default_rng(2).standard_normal(shape) * 10).astype(np.float32), dtype)
-    assert_close(_core.simple_op(getattr(_core, kind), x, device=DEVICE, dtype=dtype), ref(x.astype(np.float64)),
-                 KERNEL_TOL[dtype], f"{kind} {dtype}")
-
-
-@on_device
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("c", [5, 64])
-def test_add_concat_and_channel_offset(dtype, c):
-    rng = np.random.default_rng(3)
-    a, b = stored(rand(rng, 2, 3, 4, c), dtype), stored(rand(rng, 2, 3, 4, c), dtype)
-    run = lambda kind, x, y: _core.simple_op(kind, x, y, device=DEVICE, dtype=dtype)  # noqa: E731
-    exact = np.testing.assert_array_equal
-
-    def added(got, x, y):  # float32 sums are exact to NumPy's; fp16/bf16 round them once more
-        if dtype == "fp32":
-            exact(got, x + y)
-        else:
-            assert_close(got, x.astype(np.float64) + y, KERNEL_TOL[dtype], f"add {dtype}")
-
-    added(run(_core.OP_ADD, a, b), a, b)
-    other = stored(rand(rng, 2, 3, 4, c + 8), dtype)
-    exact(run(_core.OP_CONCAT, a, other), np.concatenate([a, other], axis=-1))
-    offset = stored(rand(rng, 2, 1, 1, c), dtype)
-    added(run(_core.OP_ADD_CHANNEL_OFFSET, a, offset), a, offset)
 
 
 # ---- on a GPU: models -----------------------------------------------------

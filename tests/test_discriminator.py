@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from d3sr import losses
-from d3sr.discriminator import Discriminator, PatchHead, init_head
+from d3sr._discriminator import Discriminator, PatchHead, init_head
 from conftest import DATA, assert_close, load_reference
 
 CKPT = os.path.join(DATA, "disc_tiny")

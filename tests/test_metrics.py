@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import d3sr.metrics as metrics
-from d3sr import metric_weights
+from d3sr import _metric_weights as metric_weights
 from d3sr._native import _core
 from d3sr.testing import metric_pair, random_weights
 from conftest import DATA

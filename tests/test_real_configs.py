@@ -88,8 +88,8 @@ def test_sdxl_discriminator_reads_only_the_trunk_and_scores_a_64x64_latent(tmp_p
     sparse: the up blocks are holes) loads as a trunk of 1.24 B parameters."""
     from safetensors.numpy import save_file
 
-    from d3sr.checkpoint import DISCRIMINATOR_DEFAULTS, write_config
-    from d3sr.discriminator import init_head
+    from d3sr._checkpoint import DISCRIMINATOR_DEFAULTS, write_config
+    from d3sr._discriminator import init_head
 
     config = real_config("sdxl-base-unet")
     (tmp_path / "unet").mkdir()
@@ -104,7 +104,7 @@ def test_sdxl_discriminator_reads_only_the_trunk_and_scores_a_64x64_latent(tmp_p
     write_config(str(tmp_path), DISCRIMINATOR_DEFAULTS)
     try:
         result = run_child(f"""
-            from d3sr.discriminator import Discriminator
+            from d3sr import Discriminator
             before = peak_bytes()
             disc = Discriminator.load({str(tmp_path)!r})
             loading = peak_bytes() - before

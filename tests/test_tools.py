@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import d3sr
-from d3sr import torch_pickle
+from d3sr import _torch_pickle as torch_pickle
 from d3sr.cli import main, read_rgb, write_image
-from d3sr.tools import convert_osediff, make_generator_checkpoint
+from d3sr._tools import convert_osediff, make_generator_checkpoint
 from conftest import DATA, assert_close, load_reference
 from test_unet import call_args
 
@@ -107,7 +107,7 @@ def test_demo_runs_the_tiny_pipeline(tmp_path, capsys):
 
 
 def test_make_discriminator_with_a_fresh_head(tmp_path):
-    from d3sr.discriminator import Discriminator
+    from d3sr import Discriminator
 
     sdxl = tmp_path / "sdxl"
     shutil.copytree(os.path.join(DATA, "unet_sdxl"), sdxl / "unet")

@@ -2,8 +2,8 @@
 
 tests/test_cuda.py holds d3sr's fp16/bf16 results to max(1e-2, twice the
 error of the same-precision PyTorch model on the same weights and inputs), the
-flash-attention rule of STYLE.md item 12: bf16 keeps 8 significant bits, and
-PyTorch's bf16 already misses 1e-2 on several of these models. This script
+rule flash-attention uses for its own tolerances: bf16 keeps 8 significant
+bits, and PyTorch's bf16 already misses 1e-2 on several of these models. This script
 measures those errors (on the CPU, eager, every parameter and activation in
 the half type) and prints the table test_cuda.py keeps as PYTORCH_ERRORS.
 

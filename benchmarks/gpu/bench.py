@@ -137,7 +137,7 @@ def d3sr_engine(task, inputs, dtype):
     vae = d3sr.VAE.load(folder("vae"), device=device, dtype=dtype)
     unet = d3sr.UNet.load(folder("unet"), device=device, dtype=dtype)
     upscaler = d3sr.Upscaler(vae, unet, inputs["context"][0],
-                             {**d3sr.checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
+                             {**d3sr._checkpoint.GENERATOR_DEFAULTS, "timestep": TIMESTEP})
     return (lambda image: upscaler.upscale(image, scale=4)), inputs["image"], [vae, unet]
 
 

@@ -4,7 +4,7 @@
 # Stages, on a machine with PyPI access, what benchmarks/gpu/run.sh needs on a
 # GPU machine without network (this workplace's device machines: x86-64,
 # CPython 3.12, PyTorch 2.11 with CUDA 13.0, nvcc, numpy, safetensors, pillow,
-# huggingface-hub and pytest preinstalled; see /work/.library/device/KINDS.md):
+# huggingface-hub and pytest preinstalled; per the device machine's package list):
 #
 #   .whl/       diffusers 0.42.1 (the PyTorch reference; pure Python, 6 MB) and
 #               scipy-openblas32 (d3sr's BLAS, which its build needs; 8 MB), for

@@ -116,32 +116,34 @@ static d3sr_status cuda_synchronize(d3sr_ctx *ctx)
     return D3SR_OK;
 }
 
-/* In the order of struct d3sr_backend (C++ takes no out-of-order designators);
- * the metrics' pooling and statistics ops are not implemented on CUDA and
- * stay NULL (ops.c reports them as unsupported). */
+/* Designated initialisers (C++20): a field named wrongly or out of struct
+ * d3sr_backend's order does not compile. The metrics' pooling and statistics
+ * kernels are not implemented on CUDA: left out, they are NULL, which is how
+ * a backend declares it lacks them (d3sr_ctx_require names them when a model
+ * that needs them is created on this device). */
 static const d3sr_backend cuda_backend = {
-    /* .name = */ "cuda",
-    /* .init = */ cuda_init,
-    /* .destroy = */ cuda_destroy,
-    /* .synchronize = */ cuda_synchronize,
-    /* .alloc = */ cuda_alloc,
-    /* .free = */ cuda_free,
-    /* .upload_weight = */ cuda_upload_weight,
-    /* .upload = */ cuda_upload,
-    /* .download = */ cuda_download,
-    /* .upload_nchw = */ cuda_upload_nchw,
-    /* .download_nchw = */ cuda_download_nchw,
-    /* .conv2d = */ cuda_conv2d,
-    /* .linear = */ cuda_linear,
-    /* .group_norm = */ cuda_group_norm,
-    /* .attention = */ cuda_attention,
-    /* .layer_norm = */ cuda_layer_norm,
-    /* .upsample_nearest = */ cuda_upsample_nearest,
-    /* .geglu = */ cuda_geglu,
-    /* .activation = */ cuda_activation,
-    /* .add_inplace = */ cuda_add_inplace,
-    /* .add_channel_offset = */ cuda_add_channel_offset,
-    /* .concat_channels = */ cuda_concat_channels,
+    .name = "cuda",
+    .init = cuda_init,
+    .destroy = cuda_destroy,
+    .synchronize = cuda_synchronize,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload_weight = cuda_upload_weight,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .upload_nchw = cuda_upload_nchw,
+    .download_nchw = cuda_download_nchw,
+    .conv2d = cuda_conv2d,
+    .linear = cuda_linear,
+    .group_norm = cuda_group_norm,
+    .attention = cuda_attention,
+    .layer_norm = cuda_layer_norm,
+    .upsample_nearest = cuda_upsample_nearest,
+    .geglu = cuda_geglu,
+    .activation = cuda_activation,
+    .add_inplace = cuda_add_inplace,
+    .add_channel_offset = cuda_add_channel_offset,
+    .concat_channels = cuda_concat_channels,
 };
 
 /* ---- entry ------------------------------------------------------------- */

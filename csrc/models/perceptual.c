@@ -98,6 +98,13 @@ d3sr_status d3sr_perceptual_create(d3sr_perceptual_kind kind, const char *device
         return d3sr_fail(D3SR_ERR_VALUE, "unknown perceptual metric %d", (int)kind);
     d3sr_model *m;
     D3SR_CHECK(d3sr_model_new(D3SR_MODEL_PERCEPTUAL, device, dtype, sizeof(perceptual), perceptual_free_impl, &m));
+    static const char *const lpips_kernels[] = {"max_pool", "lpips_distance", NULL};
+    static const char *const dists_kernels[] = {"l2_pool", "pair_moments", NULL};
+    d3sr_status status = d3sr_ctx_require(&m->ctx, kind_name(kind), kind == D3SR_DISTS ? dists_kernels : lpips_kernels);
+    if (status != D3SR_OK) {
+        d3sr_model_free(m);
+        return status;
+    }
     perceptual *p = m->impl;
     p->kind = kind;
     const int alex = kind == D3SR_LPIPS_ALEX;
@@ -106,7 +113,6 @@ d3sr_status d3sr_perceptual_create(d3sr_perceptual_kind kind, const char *device
     p->n_convs = alex ? 5 : 13;
     p->stage_end = alex ? ALEXNET_STAGE_END : VGG16_STAGE_END;
     p->channels = alex ? ALEXNET_CHANNELS : VGG16_CHANNELS;
-    d3sr_status status = D3SR_OK;
     char name[D3SR_NAME_BYTES];
     for (int i = 0; i < p->n_convs && status == D3SR_OK; i++) {
         const conv_spec *s = &specs[i];

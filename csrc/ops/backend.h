@@ -3,7 +3,8 @@
  * ops.c checks shapes and allocates outputs; a backend function receives
  * tensors whose shapes are already known to agree and only computes. The
  * CUDA backend lives in its own shared object and hands this table over
- * through d3sr_cuda_backend(); see ops/device.c.
+ * through d3sr_cuda_backend(); see ops/device.c. Both tables are written
+ * with designated initialisers, so a field cannot be filled by position.
  */
 #ifndef D3SR_OPS_BACKEND_H
 #define D3SR_OPS_BACKEND_H
@@ -52,6 +53,9 @@ struct d3sr_backend {
     d3sr_status (*add_channel_offset)(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
     d3sr_status (*concat_channels)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
                                    d3sr_tensor *out);
+
+    /* Optional: the perceptual metrics' kernels. A backend declares it lacks
+     * one by leaving it NULL; models that need them ask d3sr_ctx_require. */
     d3sr_status (*max_pool)(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out);
     d3sr_status (*l2_pool)(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
     d3sr_status (*lpips_distance)(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,

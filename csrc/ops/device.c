@@ -55,7 +55,7 @@ static void load_cuda(void)
     cuda_backend = entry(&core_services, cuda_why, sizeof cuda_why);
 }
 
-int d3sr_device_cuda_available(const char **why)
+int d3sr_cuda_available(const char **why)
 {
     pthread_once(&cuda_once, load_cuda);
     if (why) *why = cuda_backend ? "" : cuda_why;
@@ -78,7 +78,7 @@ d3sr_status d3sr_device_backend(const char *device, d3sr_dtype dtype, const d3sr
     }
     if (strcmp(device, "cuda") == 0) {
         const char *why;
-        if (!d3sr_device_cuda_available(&why))
+        if (!d3sr_cuda_available(&why))
             return d3sr_fail(D3SR_ERR_UNAVAILABLE, "device 'cuda' is unavailable: %s", why);
         *out = cuda_backend;
         return D3SR_OK;

@@ -11,7 +11,4 @@
 
 d3sr_status d3sr_device_backend(const char *device, d3sr_dtype dtype, const d3sr_backend **out);
 
-/* 1 if the CUDA backend loads and sees a device; else 0 and *why says why. */
-int d3sr_device_cuda_available(const char **why);
-
 #endif /* D3SR_OPS_DEVICE_H */

@@ -8,6 +8,7 @@
 #include "ops.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,41 @@ static d3sr_status profile_end(d3sr_ctx *ctx, d3sr_op_id op, double start, d3sr_
 static d3sr_status unsupported(const d3sr_ctx *ctx, const char *op)
 {
     return d3sr_fail(D3SR_ERR_UNAVAILABLE, "%s is not implemented on device '%s'", op, ctx->backend->name);
+}
+
+/* The kernels a backend may leave NULL, by name. */
+static const struct {
+    const char *name;
+    size_t offset;
+} OPTIONAL_KERNELS[] = {
+    {"max_pool", offsetof(d3sr_backend, max_pool)},
+    {"l2_pool", offsetof(d3sr_backend, l2_pool)},
+    {"lpips_distance", offsetof(d3sr_backend, lpips_distance)},
+    {"pair_moments", offsetof(d3sr_backend, pair_moments)},
+};
+
+static int backend_has(const d3sr_backend *backend, const char *kernel)
+{
+    for (size_t i = 0; i < sizeof OPTIONAL_KERNELS / sizeof OPTIONAL_KERNELS[0]; i++)
+        if (strcmp(OPTIONAL_KERNELS[i].name, kernel) == 0) {
+            const void *const *slot = (const void *const *)((const char *)backend + OPTIONAL_KERNELS[i].offset);
+            return *slot != NULL;
+        }
+    return 1; /* every other kernel is required of every backend */
+}
+
+d3sr_status d3sr_ctx_require(const d3sr_ctx *ctx, const char *model, const char *const *kernels)
+{
+    char missing[160] = "";
+    for (int i = 0; kernels[i]; i++)
+        if (!backend_has(ctx->backend, kernels[i])) {
+            size_t used = strlen(missing);
+            snprintf(missing + used, sizeof missing - used, "%s%s", used ? ", " : "", kernels[i]);
+        }
+    if (missing[0])
+        return d3sr_fail(D3SR_ERR_UNAVAILABLE, "%s needs %s, which device '%s' does not implement; use device='cpu'",
+                         model, missing, ctx->backend->name);
+    return D3SR_OK;
 }
 
 /* ---- weights ----------------------------------------------------------- */

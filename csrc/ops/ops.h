@@ -82,6 +82,12 @@ typedef struct {
 d3sr_status d3sr_ctx_init(d3sr_ctx *ctx, const char *device, d3sr_dtype dtype);
 void d3sr_ctx_destroy(d3sr_ctx *ctx);
 
+/* A model calls this when it is created, with the NULL-ended names of the
+ * kernels it needs that a backend may lack (backend.h: max_pool, l2_pool,
+ * lpips_distance, pair_moments), so a device without them fails there,
+ * naming them and the model, rather than at the first call. */
+d3sr_status d3sr_ctx_require(const d3sr_ctx *ctx, const char *model, const char *const *kernels);
+
 /* Runs forward(ctx, arg) twice: planning, then for real once the arena holds the plan. */
 d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg);
 

@@ -41,6 +41,7 @@ int unwrap_model(PyObject *obj, const char *arg, d3sr_model **model, PyThread_ty
 
 /* ---- method tables of the other binding files ------------------------- */
 
-extern PyMethodDef metrics_methods[]; /* metrics.c: PSNR, SSIM, LPIPS, DISTS */
+extern PyMethodDef metrics_methods[];   /* metrics.c: PSNR, SSIM, LPIPS, DISTS */
+extern PyMethodDef single_op_methods[]; /* single_op.c: op() and ops(), one op for the op tests */
 
 #endif /* D3SR_PYTHON_BINDING_H */

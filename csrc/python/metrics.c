@@ -9,7 +9,6 @@
 
 #include <string.h>
 
-#include "../ops/single_op.h"
 
 /* a and b as C-contiguous [n, h, w, 3] arrays of one dtype (uint8 or float32). */
 static int image_pair(PyObject *ao, PyObject *bo, PyArrayObject **a, PyArrayObject **b, d3sr_pixels *type)
@@ -196,51 +195,6 @@ static PyObject *py_perceptual_score(PyObject *module, PyObject *args, PyObject 
     return scores;
 }
 
-/* The LPIPS distance op alone, for the kernel tests. */
-static PyObject *py_lpips_distance(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    (void)module;
-    static char *keywords[] = {"a", "b", "weight", "device", "dtype", NULL};
-    PyObject *ao, *bo, *wo;
-    const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|ss", keywords, &ao, &bo, &wo, &device, &dtype_name)) return NULL;
-    d3sr_dtype dtype;
-    if (parse_dtype(dtype_name, &dtype)) return NULL;
-    PyArrayObject *a = float32_array(ao, "a", 4), *b = a ? float32_array(bo, "b", 4) : NULL;
-    PyArrayObject *w = b ? float32_array(wo, "weight", 1) : NULL;
-    PyObject *y = NULL;
-    if (!w) goto done;
-    int shape[4];
-    for (int d = 0; d < 4; d++) {
-        shape[d] = (int)PyArray_DIM(a, d);
-        if (PyArray_DIM(b, d) != PyArray_DIM(a, d)) {
-            PyErr_SetString(PyExc_ValueError, "lpips_distance: a and b must have the same shape");
-            goto done;
-        }
-    }
-    if (PyArray_DIM(w, 0) != shape[3]) {
-        PyErr_SetString(PyExc_ValueError, "lpips_distance: weight must have one value per channel");
-        goto done;
-    }
-    npy_intp n = shape[0];
-    y = PyArray_SimpleNew(1, &n, NPY_FLOAT32);
-    if (!y) goto done;
-    d3sr_status status;
-    Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_lpips_distance(device, dtype, PyArray_DATA(a), PyArray_DATA(b), shape, PyArray_DATA(w),
-                                        PyArray_DATA((PyArrayObject *)y));
-    Py_END_ALLOW_THREADS
-    if (status != D3SR_OK) {
-        Py_CLEAR(y);
-        raise_status(status);
-    }
-done:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(w);
-    return y;
-}
-
 PyMethodDef metrics_methods[] = {
     {"psnr", (PyCFunction)(void (*)(void))py_psnr, METH_VARARGS | METH_KEYWORDS,
      "psnr(a, b [N, H, W, 3] uint8 or float32, crop_border=0, y_channel=True) -> float64 [N]"},
@@ -252,7 +206,5 @@ PyMethodDef metrics_methods[] = {
      "perceptual_create(kind: 'lpips_alex' | 'lpips_vgg' | 'dists', device='cpu', dtype='fp32') -> Model"},
     {"perceptual_score", (PyCFunction)(void (*)(void))py_perceptual_score, METH_VARARGS | METH_KEYWORDS,
      "perceptual_score(model, a, b [N, H, W, 3], edge_aware=False) -> float64 [N]"},
-    {"lpips_distance", (PyCFunction)(void (*)(void))py_lpips_distance, METH_VARARGS | METH_KEYWORDS,
-     "lpips_distance(a, b [n,h,w,c] float32, weight [c]) -> float32 [n]: one LPIPS layer's distance"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,8 +1,11 @@
-/* module.c: d3sr._core, the binding between NumPy and the C core.
+/* module.c: d3sr._core, the binding between NumPy and the C core: the
+ * module, the Model type (VAE, UNet, head) and the argument helpers the
+ * other files of this folder share (binding.h).
  *
- * The only file that includes Python.h and the NumPy C API. It checks and
- * names each argument, borrows input arrays for the length of a call
- * (PyArray_FROM_OTF with NPY_ARRAY_IN_ARRAY, never modified), allocates
+ * Only this folder includes Python.h and the NumPy C API, and it includes
+ * only the core's public headers. It checks and names each argument,
+ * borrows input arrays for the length of a call (PyArray_FROM_OTF with
+ * NPY_ARRAY_IN_ARRAY, never modified), allocates
  * outputs with the GIL held, releases the GIL around every call into the
  * core and turns a failed status into the matching exception with the
  * core's message. No arithmetic on data happens here.
@@ -12,8 +15,6 @@
 
 #include <pythread.h>
 
-#include "../ops/device.h"
-#include "../ops/single_op.h"
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -562,273 +563,6 @@ static PyObject *py_head_create(PyObject *module, PyObject *args, PyObject *kwar
     return wrap_model(model);
 }
 
-/* ---- single ops (tests) ------------------------------------------------ */
-
-/* Parses device and dtype keywords shared by the single-op functions. */
-static int device_args(const char *device, const char *dtype_name, d3sr_dtype *dtype)
-{
-    (void)device;
-    return parse_dtype(dtype_name, dtype);
-}
-
-static PyObject *new_float32(int ndim, const npy_intp *dims)
-{
-    return PyArray_SimpleNew(ndim, (npy_intp *)dims, NPY_FLOAT32);
-}
-
-static PyObject *py_conv2d(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    (void)module;
-    static char *keywords[] = {"x", "weight", "bias", "stride", "padding", "residual", "device", "dtype", NULL};
-    PyObject *xo, *wo, *bo = Py_None, *ro = Py_None;
-    int stride = 1, pad[4] = {0, 0, 0, 0};
-    const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Oi(iiii)Oss", keywords, &xo, &wo, &bo, &stride, &pad[0], &pad[1],
-                                     &pad[2], &pad[3], &ro, &device, &dtype_name))
-        return NULL;
-    d3sr_dtype dtype;
-    if (device_args(device, dtype_name, &dtype)) return NULL;
-    PyArrayObject *x = float32_array(xo, "x", 4), *w = x ? float32_array(wo, "weight", 4) : NULL;
-    PyArrayObject *b = w && bo != Py_None ? float32_array(bo, "bias", 1) : NULL;
-    PyArrayObject *r = w && ro != Py_None ? float32_array(ro, "residual", 4) : NULL;
-    PyObject *y = NULL;
-    if (!w || (bo != Py_None && !b) || (ro != Py_None && !r)) goto done;
-    npy_intp n = PyArray_DIM(x, 0), h = PyArray_DIM(x, 1), wd = PyArray_DIM(x, 2), cin = PyArray_DIM(x, 3);
-    npy_intp cout = PyArray_DIM(w, 0), k = PyArray_DIM(w, 2);
-    if (PyArray_DIM(w, 1) != cin || PyArray_DIM(w, 3) != k || (b && PyArray_DIM(b, 0) != cout) || stride < 1) {
-        PyErr_SetString(PyExc_ValueError, "conv2d: weight must be [cout, cin, k, k], bias [cout], stride >= 1");
-        goto done;
-    }
-    npy_intp ho = (h + pad[0] + pad[1] - k) / stride + 1, wo_ = (wd + pad[2] + pad[3] - k) / stride + 1;
-    if (h + pad[0] + pad[1] < k || wd + pad[2] + pad[3] < k) {
-        PyErr_SetString(PyExc_ValueError, "conv2d: the padded input is smaller than the kernel");
-        goto done;
-    }
-    npy_intp dims[4] = {n, ho, wo_, cout};
-    if (r && (PyArray_DIM(r, 0) != n || PyArray_DIM(r, 1) != ho || PyArray_DIM(r, 2) != wo_ || PyArray_DIM(r, 3) != cout)) {
-        PyErr_SetString(PyExc_ValueError, "conv2d: residual must have the output's shape");
-        goto done;
-    }
-    y = new_float32(4, dims);
-    if (!y) goto done;
-    d3sr_status status;
-    Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_conv2d(device, dtype, PyArray_DATA(x), (int)n, (int)h, (int)wd, (int)cin, PyArray_DATA(w),
-                                b ? PyArray_DATA(b) : NULL, (int)cout, (int)k, (int)k, stride, pad,
-                                r ? PyArray_DATA(r) : NULL, PyArray_DATA((PyArrayObject *)y));
-    Py_END_ALLOW_THREADS
-    if (status != D3SR_OK) {
-        Py_CLEAR(y);
-        raise_status(status);
-    }
-done:
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    return y;
-}
-
-static PyObject *py_linear(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    (void)module;
-    static char *keywords[] = {"x", "weight", "bias", "device", "dtype", NULL};
-    PyObject *xo, *wo, *bo = Py_None;
-    const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Oss", keywords, &xo, &wo, &bo, &device, &dtype_name)) return NULL;
-    d3sr_dtype dtype;
-    if (device_args(device, dtype_name, &dtype)) return NULL;
-    PyArrayObject *x = float32_array(xo, "x", 2), *w = x ? float32_array(wo, "weight", 2) : NULL;
-    PyArrayObject *b = w && bo != Py_None ? float32_array(bo, "bias", 1) : NULL;
-    PyObject *y = NULL;
-    if (!w || (bo != Py_None && !b)) goto done;
-    npy_intp rows = PyArray_DIM(x, 0), in = PyArray_DIM(x, 1), out = PyArray_DIM(w, 0);
-    if (PyArray_DIM(w, 1) != in || (b && PyArray_DIM(b, 0) != out)) {
-        PyErr_SetString(PyExc_ValueError, "linear: weight must be [out, in] and bias [out]");
-        goto done;
-    }
-    npy_intp dims[2] = {rows, out};
-    y = new_float32(2, dims);
-    if (!y) goto done;
-    d3sr_status status;
-    Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_linear(device, dtype, PyArray_DATA(x), (int)rows, (int)in, PyArray_DATA(w),
-                                b ? PyArray_DATA(b) : NULL, (int)out, PyArray_DATA((PyArrayObject *)y));
-    Py_END_ALLOW_THREADS
-    if (status != D3SR_OK) {
-        Py_CLEAR(y);
-        raise_status(status);
-    }
-done:
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    return y;
-}
-
-static PyObject *py_group_norm(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    (void)module;
-    static char *keywords[] = {"x", "groups", "gamma", "beta", "eps", "silu", "device", "dtype", NULL};
-    PyObject *xo, *go, *bo;
-    int groups, silu = 0;
-    float eps;
-    const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiOOf|pss", keywords, &xo, &groups, &go, &bo, &eps, &silu, &device,
-                                     &dtype_name))
-        return NULL;
-    d3sr_dtype dtype;
-    if (device_args(device, dtype_name, &dtype)) return NULL;
-    PyArrayObject *x = float32_array(xo, "x", 4), *g = x ? float32_array(go, "gamma", 1) : NULL;
-    PyArrayObject *b = g ? float32_array(bo, "beta", 1) : NULL;
-    PyObject *y = NULL;
-    if (!b) goto done;
-    npy_intp c = PyArray_DIM(x, 3);
-    if (PyArray_DIM(g, 0) != c || PyArray_DIM(b, 0) != c) {
-        PyErr_SetString(PyExc_ValueError, "group_norm: gamma and beta must have one value per channel");
-        goto done;
-    }
-    y = new_float32(4, PyArray_DIMS(x));
-    if (!y) goto done;
-    d3sr_status status;
-    Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_group_norm(device, dtype, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
-                                    (int)PyArray_DIM(x, 2), (int)c, groups, PyArray_DATA(g), PyArray_DATA(b), eps, silu,
-                                    PyArray_DATA((PyArrayObject *)y));
-    Py_END_ALLOW_THREADS
-    if (status != D3SR_OK) {
-        Py_CLEAR(y);
-        raise_status(status);
-    }
-done:
-    Py_XDECREF(x);
-    Py_XDECREF(g);
-    Py_XDECREF(b);
-    return y;
-}
-
-static PyObject *py_attention(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    (void)module;
-    static char *keywords[] = {"q", "k", "v", "heads", "device", "dtype", NULL};
-    PyObject *qo, *ko, *vo;
-    int heads;
-    const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi|ss", keywords, &qo, &ko, &vo, &heads, &device, &dtype_name))
-        return NULL;
-    d3sr_dtype dtype;
-    if (device_args(device, dtype_name, &dtype)) return NULL;
-    PyArrayObject *q = float32_array(qo, "q", 3), *k = q ? float32_array(ko, "k", 3) : NULL;
-    PyArrayObject *v = k ? float32_array(vo, "v", 3) : NULL;
-    PyObject *y = NULL;
-    if (!v) goto done;
-    y = new_float32(3, PyArray_DIMS(q));
-    if (!y) goto done;
-    if (PyArray_DIM(k, 0) != PyArray_DIM(q, 0) || PyArray_DIM(v, 0) != PyArray_DIM(q, 0) ||
-        PyArray_DIM(k, 2) != PyArray_DIM(q, 2) || PyArray_DIM(v, 2) != PyArray_DIM(q, 2) ||
-        PyArray_DIM(v, 1) != PyArray_DIM(k, 1)) {
-        PyErr_SetString(PyExc_ValueError, "attention: q [n, Lq, c], k and v [n, Lk, c] must agree");
-        Py_CLEAR(y);
-        goto done;
-    }
-    d3sr_status status;
-    Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_attention(device, dtype, PyArray_DATA(q), PyArray_DATA(k), PyArray_DATA(v),
-                                       (int)PyArray_DIM(q, 0), (int)PyArray_DIM(q, 1), (int)PyArray_DIM(k, 1),
-                                       (int)PyArray_DIM(q, 2), heads, PyArray_DATA((PyArrayObject *)y));
-    Py_END_ALLOW_THREADS
-    if (status != D3SR_OK) {
-        Py_CLEAR(y);
-        raise_status(status);
-    }
-done:
-    Py_XDECREF(q);
-    Py_XDECREF(k);
-    Py_XDECREF(v);
-    return y;
-}
-
-static PyObject *py_layer_norm(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    (void)module;
-    static char *keywords[] = {"x", "gamma", "beta", "eps", "device", "dtype", NULL};
-    PyObject *xo, *go, *bo;
-    float eps;
-    const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOf|ss", keywords, &xo, &go, &bo, &eps, &device, &dtype_name))
-        return NULL;
-    d3sr_dtype dtype;
-    if (device_args(device, dtype_name, &dtype)) return NULL;
-    PyArrayObject *x = float32_array(xo, "x", 2), *g = x ? float32_array(go, "gamma", 1) : NULL;
-    PyArrayObject *b = g ? float32_array(bo, "beta", 1) : NULL;
-    PyObject *y = NULL;
-    if (!b) goto done;
-    npy_intp c = PyArray_DIM(x, 1);
-    if (PyArray_DIM(g, 0) != c || PyArray_DIM(b, 0) != c) {
-        PyErr_SetString(PyExc_ValueError, "layer_norm: gamma and beta must have one value per channel");
-        goto done;
-    }
-    y = new_float32(2, PyArray_DIMS(x));
-    if (!y) goto done;
-    d3sr_status status;
-    Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_layer_norm(device, dtype, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)c, PyArray_DATA(g),
-                                    PyArray_DATA(b), eps, PyArray_DATA((PyArrayObject *)y));
-    Py_END_ALLOW_THREADS
-    if (status != D3SR_OK) {
-        Py_CLEAR(y);
-        raise_status(status);
-    }
-done:
-    Py_XDECREF(x);
-    Py_XDECREF(g);
-    Py_XDECREF(b);
-    return y;
-}
-
-/* One weightless op on [n, h, w, c] arrays: kind is a d3sr_single_kind. */
-static PyObject *py_simple_op(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    (void)module;
-    static char *keywords[] = {"kind", "a", "b", "size", "device", "dtype", NULL};
-    int kind, size[2] = {0, 0};
-    PyObject *ao, *bo = Py_None;
-    const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO|O(ii)ss", keywords, &kind, &ao, &bo, &size[0], &size[1], &device,
-                                     &dtype_name))
-        return NULL;
-    d3sr_dtype dtype;
-    if (device_args(device, dtype_name, &dtype)) return NULL;
-    PyArrayObject *a = float32_array(ao, "a", 4), *b = a && bo != Py_None ? float32_array(bo, "b", 4) : NULL;
-    PyObject *y = NULL;
-    if (!a || (bo != Py_None && !b)) goto done;
-    int sa[4], sb[4] = {0, 0, 0, 0}, so[4];
-    for (int i = 0; i < 4; i++) {
-        sa[i] = (int)PyArray_DIM(a, i);
-        if (b) sb[i] = (int)PyArray_DIM(b, i);
-    }
-    d3sr_status status = d3sr_single_shape((d3sr_single_kind)kind, sa, sb, size, so);
-    if (status != D3SR_OK) {
-        raise_status(status);
-        goto done;
-    }
-    npy_intp dims[4] = {so[0], so[1], so[2], so[3]};
-    y = new_float32(4, dims);
-    if (!y) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_run(device, dtype, (d3sr_single_kind)kind, PyArray_DATA(a), sa, b ? PyArray_DATA(b) : NULL, sb,
-                             size, PyArray_DATA((PyArrayObject *)y));
-    Py_END_ALLOW_THREADS
-    if (status != D3SR_OK) {
-        Py_CLEAR(y);
-        raise_status(status);
-    }
-done:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    return y;
-}
-
 /* ---- module ------------------------------------------------------------ */
 
 static PyObject *py_set_num_threads(PyObject *module, PyObject *arg)
@@ -855,7 +589,7 @@ static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
     const char *why;
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    ok = d3sr_device_cuda_available(&why);
+    ok = d3sr_cuda_available(&why);
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(Os)", ok ? Py_True : Py_False, why);
 }
@@ -867,17 +601,6 @@ static PyMethodDef module_methods[] = {
      "head_create(in_channels, hidden, activation, negative_slope=0.2, device='cpu', dtype='fp32') -> Model"},
     {"unet_create", (PyCFunction)(void (*)(void))py_unet_create, METH_VARARGS | METH_KEYWORDS,
      "unet_create(config: dict, trunk_only=False, device='cpu', dtype='fp32') -> Model"},
-    {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "conv2d(x [n,h,w,cin], weight [cout,cin,k,k], bias=None, stride=1, padding=(t,b,l,r), residual=None)"},
-    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS, "linear(x [rows,in], weight [out,in], bias=None)"},
-    {"group_norm", (PyCFunction)(void (*)(void))py_group_norm, METH_VARARGS | METH_KEYWORDS,
-     "group_norm(x [n,h,w,c], groups, gamma, beta, eps, silu=False)"},
-    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
-     "attention(q [n,Lq,c], k [n,Lk,c], v [n,Lk,c], heads)"},
-    {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
-     "layer_norm(x [rows,c], gamma, beta, eps)"},
-    {"simple_op", (PyCFunction)(void (*)(void))py_simple_op, METH_VARARGS | METH_KEYWORDS,
-     "simple_op(kind, a [n,h,w,c], b=None, size=(h, w)): a weightless op (kinds: OP_*)"},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads of the CPU kernels (0: all cores)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads of the CPU kernels."},
     {"cuda_status", py_cuda_status, METH_NOARGS, "(available, why not)"},
@@ -885,7 +608,7 @@ static PyMethodDef module_methods[] = {
 };
 
 /* Method tables of the other binding files (binding.h), added to the module. */
-static PyMethodDef *const binding_extensions[] = {metrics_methods, NULL};
+static PyMethodDef *const binding_extensions[] = {metrics_methods, single_op_methods, NULL};
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "d3sr._core", "The C core of d3sr; use the d3sr package instead.", -1, module_methods,
@@ -906,19 +629,7 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
         PyModule_AddIntConstant(m, "VAE_ENCODER", D3SR_VAE_ENCODER) < 0 ||
-        PyModule_AddIntConstant(m, "VAE_DECODER", D3SR_VAE_DECODER) < 0 ||
-        PyModule_AddIntConstant(m, "OP_SILU", D3SR_SINGLE_SILU) < 0 ||
-        PyModule_AddIntConstant(m, "OP_RELU", D3SR_SINGLE_RELU) < 0 ||
-        PyModule_AddIntConstant(m, "OP_LEAKY_RELU", D3SR_SINGLE_LEAKY_RELU) < 0 ||
-        PyModule_AddIntConstant(m, "OP_GELU", D3SR_SINGLE_GELU) < 0 ||
-        PyModule_AddIntConstant(m, "OP_GEGLU", D3SR_SINGLE_GEGLU) < 0 ||
-        PyModule_AddIntConstant(m, "OP_ADD", D3SR_SINGLE_ADD) < 0 ||
-        PyModule_AddIntConstant(m, "OP_ADD_CHANNEL_OFFSET", D3SR_SINGLE_ADD_CHANNEL_OFFSET) < 0 ||
-        PyModule_AddIntConstant(m, "OP_CONCAT", D3SR_SINGLE_CONCAT) < 0 ||
-        PyModule_AddIntConstant(m, "OP_UPSAMPLE_NEAREST", D3SR_SINGLE_UPSAMPLE_NEAREST) < 0 ||
-        PyModule_AddIntConstant(m, "OP_MAX_POOL", D3SR_SINGLE_MAX_POOL) < 0 ||
-        PyModule_AddIntConstant(m, "OP_L2_POOL", D3SR_SINGLE_L2_POOL) < 0 ||
-        PyModule_AddIntConstant(m, "OP_PAIR_MOMENTS", D3SR_SINGLE_PAIR_MOMENTS) < 0) {
+        PyModule_AddIntConstant(m, "VAE_DECODER", D3SR_VAE_DECODER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

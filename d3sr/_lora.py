@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .weights import WeightFile, bf16_to_float32
+from ._weights import WeightFile, bf16_to_float32
 
 PEFT_DEFAULT_ALPHA = 8.0
 

@@ -31,7 +31,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from .weights import WeightFile, bf16_to_float32, read_json
+from ._weights import WeightFile, bf16_to_float32, read_json
 
 CONFIG_NAME = "d3sr.json"
 

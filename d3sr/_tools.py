@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from .checkpoint import GENERATOR_DEFAULTS, LATENT_FORMULAS, write_config
-from .lora import PEFT_DEFAULT_ALPHA
+from ._checkpoint import GENERATOR_DEFAULTS, LATENT_FORMULAS, write_config
+from ._lora import PEFT_DEFAULT_ALPHA
 
 
 def make_generator_checkpoint(output: str, *, sd: str, text_embedding: str, unet_lora: Optional[str] = None,
@@ -23,7 +23,7 @@ def make_generator_checkpoint(output: str, *, sd: str, text_embedding: str, unet
     Returns the path of the d3sr.json written."""
     from safetensors.numpy import save_file
 
-    from .checkpoint import read_text_embedding
+    from ._checkpoint import read_text_embedding
 
     for part in ("unet", "vae"):
         if not os.path.isfile(os.path.join(sd, part, "config.json")):
@@ -66,9 +66,9 @@ def make_discriminator_checkpoint(output: str, *, sdxl: str, conditioning: Optio
     Returns the path of the d3sr.json written."""
     from safetensors.numpy import save_file
 
-    from .checkpoint import DISCRIMINATOR_DEFAULTS, HEAD_ACTIVATIONS
-    from .discriminator import init_head
-    from .weights import read_json
+    from ._checkpoint import DISCRIMINATOR_DEFAULTS, HEAD_ACTIVATIONS
+    from ._discriminator import init_head
+    from ._weights import read_json
 
     unet_config = read_json(os.path.join(sdxl, "unet", "config.json"))
     if head_activation not in HEAD_ACTIVATIONS:
@@ -113,7 +113,7 @@ def _copy_or_link(source: str, target: str, link: bool) -> None:
 
 
 def _config_width(sd: str) -> int:
-    from .weights import read_json
+    from ._weights import read_json
 
     return int(read_json(os.path.join(sd, "unet", "config.json")).get("cross_attention_dim", 1024))
 
@@ -147,7 +147,7 @@ def convert_osediff(pkl: str, output: str) -> List[str]:
     vae_lora.safetensors in output. Needs no torch."""
     from safetensors.numpy import save_file
 
-    from . import torch_pickle
+    from . import _torch_pickle as torch_pickle
 
     if not os.path.isfile(pkl):
         raise FileNotFoundError(f"OSEDiff model not found: {pkl}")
@@ -169,7 +169,7 @@ def demo(size: int = 128, tiny: bool = False, output: str = "d3sr_demo.png", thr
     or a tiny one) and a synthetic image, printing timings. The output shows
     that the pipeline runs, not a super-resolved image: the weights are noise."""
     import d3sr
-    from d3sr.checkpoint import GENERATOR_DEFAULTS as config
+    from d3sr._checkpoint import GENERATOR_DEFAULTS as config
     from d3sr.testing import iter_random_weights, random_images, real_config
 
     if threads:

@@ -9,8 +9,8 @@ import numpy as np
 from . import _checks
 from ._model import CoreModel
 from ._native import _core
-from .lora import as_lora
-from .weights import find_weight_file, load_into, read_json
+from ._lora import as_lora
+from ._weights import find_weight_file, load_into, read_json
 
 # Older diffusers checkpoints name the mid-block attention's projections thus.
 _LEGACY_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}

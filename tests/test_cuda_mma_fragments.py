@@ -7,11 +7,10 @@ that indexing lane by lane in float64 NumPy against the PTX ISA's fragment
 layout (the one assumption it shares with the kernel) and compares the result
 with softmax(q k^T / sqrt(d)) v, including masked key tiles and partial query
 tiles. It checks the index arithmetic, not the compiled code: only a GPU run
-of tests/test_cuda.py does that. Keep it in step with the kernel.
-
-    python tools/check_mma_fragments.py
+of tests/test_ops.py does that. Keep it in step with the kernel.
 """
 import numpy as np
+import pytest
 
 D, BQ, BK, LD = 64, 64, 64, 72
 
@@ -134,13 +133,15 @@ def run_block(q, k, v, q0, scale_log2):
                 if q0 + r0 + 8 < lq: out[r0+8, c:c+2] = [acc[lane][nt][2]/l1[lane], acc[lane][nt][3]/l1[lane]]
     return out
 
-rng = np.random.default_rng(0)
-for lq, lk in [(70, 77), (64, 13), (30, 130)]:
+@pytest.mark.parametrize("lq,lk", [(70, 77), (64, 13), (30, 130)])  # partial query tiles, masked key tiles
+def test_fragment_indexing_computes_attention(lq, lk):
+    rng = np.random.default_rng(lq * 1000 + lk)
     q, k, v = rng.standard_normal((lq, D)), rng.standard_normal((lk, D)), rng.standard_normal((lk, D))
     s = q @ k.T / np.sqrt(D)
-    p = np.exp(s - s.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    p = np.exp(s - s.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
     ref = p @ v
-    got = np.concatenate([run_block(q, k, v, q0, np.log2(np.e)/np.sqrt(D))[:min(BQ, lq - q0)] for q0 in range(0, lq, BQ)])
+    got = np.concatenate([run_block(q, k, v, q0, np.log2(np.e) / np.sqrt(D))[:min(BQ, lq - q0)]
+                          for q0 in range(0, lq, BQ)])
     err = np.abs(got - ref).max()
-    print(f"lq={lq} lk={lk}: max |error| {err:.1e}")
-    assert err < 1e-12, "the fragment indexing does not compute attention"
+    assert err < 1e-12, f"the fragment indexing does not compute attention: max |error| {err:.1e}"

@@ -7,15 +7,19 @@ that layout in NumPy for the channel counts of the SD VAE and UNets and the
 awkward ones of tests/test_cuda.py: every element of the chunk must be read
 exactly once and every group must merge exactly its own values. It checks the
 index arithmetic, not the compiled code. Keep it in step with the kernel.
-
-    python tools/check_group_norm_layout.py
 """
 import numpy as np
+import pytest
+
 GN_THREADS, GN_MAX_K = 256, 8
+
+
 def group_vector(cg, vmax):
     v = vmax
     while v > 1 and cg % v: v //= 2
     return v
+
+
 def check(pixels, c, groups, vmax, sm_count=132, n=1):
     cg = c // groups
     V = group_vector(cg, vmax); cv_count = c // V
@@ -51,6 +55,11 @@ def check(pixels, c, groups, vmax, sm_count=132, n=1):
             expect = x[p0:p1, g*cg:(g+1)*cg].ravel()
             assert len(vals) == len(expect) and np.isclose(np.sum(vals), expect.sum()), f"group {g}"
     return f"ok V={V} W={W} K={K} rows_at_once={rows_at_once} chunks={chunks}"
-for args in [(35, 12, 4, 8), (9, 6, 1, 8), (16, 10, 10, 8), (1, 32, 8, 8), (18, 15, 5, 8), (1200, 64, 32, 4),
-             (4096, 128, 32, 8), (256, 320, 32, 8), (64, 2560, 32, 8), (64, 2560, 32, 4), (9, 4100, 4, 8), (16, 1920, 32, 8), (16, 960, 32, 8), (16, 4096, 1, 8)]:
-    print(args, check(*args))
+
+# pixels, channels, groups, widest channel vector: SD's VAE and UNet widths and tests/test_ops.py's odd ones
+@pytest.mark.parametrize("pixels,c,groups,vmax", [
+    (35, 12, 4, 8), (9, 6, 1, 8), (16, 10, 10, 8), (1, 32, 8, 8), (18, 15, 5, 8), (1200, 64, 32, 4),
+    (4096, 128, 32, 8), (256, 320, 32, 8), (64, 2560, 32, 8), (64, 2560, 32, 4), (9, 4100, 4, 8),
+    (16, 1920, 32, 8), (16, 960, 32, 8), (16, 4096, 1, 8)])
+def test_statistics_layout_reads_each_value_once_per_group(pixels, c, groups, vmax):
+    check(pixels, c, groups, vmax)

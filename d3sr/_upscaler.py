@@ -13,17 +13,17 @@ from typing import Optional
 import numpy as np
 
 from . import _checks
-from .checkpoint import alphas_cumprod, read_generator_config, read_text_embedding
+from ._checkpoint import alphas_cumprod, read_generator_config, read_text_embedding
 from .images import as_image_batch, bicubic
-from .lora import LoRA
-from .unet import UNet
-from .vae import VAE
+from ._lora import LoRA
+from ._unet import UNet
+from ._vae import VAE
 
 MIN_SIDE = 8
 
 
 class Upscaler:
-    """The D3SR generator over a checkpoint folder (see d3sr.checkpoint)."""
+    """The D3SR generator over a checkpoint folder (see d3sr._checkpoint)."""
 
     def __init__(self, vae: VAE, unet: UNet, text_embedding: np.ndarray, config: dict):
         self.vae = vae

@@ -3,7 +3,7 @@
 Only plain data comes back: dicts, lists, tuples, numbers, strings and
 tensors as NumPy arrays (bfloat16 as float32). Unpickling is restricted to an
 allow-list of classes, so a file cannot run code on load: anything else is a
-ValueError naming the class. Used by the checkpoint converters (d3sr.tools).
+ValueError naming the class. Used by the checkpoint converters (d3sr._tools).
 """
 from __future__ import annotations
 

@@ -15,12 +15,12 @@ import numpy as np
 from . import _checks
 from ._model import CoreModel
 from ._native import _core
-from .checkpoint import HEAD_ACTIVATIONS, alphas_cumprod, read_discriminator_config
-from .lora import LoRA
-from .unet import UNet
+from ._checkpoint import HEAD_ACTIVATIONS, alphas_cumprod, read_discriminator_config
+from ._lora import LoRA
+from ._unet import UNet
 from .images import as_image_batch
-from .vae import VAE
-from .weights import WeightFile, bf16_to_float32
+from ._vae import VAE
+from ._weights import WeightFile, bf16_to_float32
 
 PATCH = 4  # latent pixels per logit in each direction (SDXL's trunk downsamples twice)
 
@@ -78,7 +78,7 @@ class Discriminator:
 
     @classmethod
     def load(cls, path: str, *, device: str = "cpu", dtype: Optional[str] = None) -> "Discriminator":
-        """Loads a discriminator checkpoint folder (see d3sr.checkpoint): only the
+        """Loads a discriminator checkpoint folder (see d3sr._checkpoint): only the
         trunk of its UNet is read; up blocks never reach memory. dtype None: fp32 on
         the CPU, bf16 on CUDA."""
         dtype = _checks.device_and_dtype(device, dtype)

@@ -9,8 +9,8 @@ import numpy as np
 from . import _checks
 from ._model import CoreModel
 from ._native import _core
-from .lora import as_lora
-from .weights import find_weight_file, load_into, read_json
+from ._lora import as_lora
+from ._weights import find_weight_file, load_into, read_json
 
 _DOWN_TYPES = {"CrossAttnDownBlock2D": 1, "DownBlock2D": 0}
 _UP_TYPES = {"CrossAttnUpBlock2D": 1, "UpBlock2D": 0}
