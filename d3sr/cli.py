@@ -177,7 +177,7 @@ def run_score(args) -> int:
     import numpy as np
 
     from . import losses
-    from .discriminator import PATCH, Discriminator
+    from ._discriminator import PATCH, Discriminator
     from .images import read_image
     from .viz import heatmap_rgb
 
