@@ -315,7 +315,9 @@ def plan_outputs(inputs: List[str], given: Sequence[str], output: str, fmt: str)
     two inputs that would be written to the same file."""
     from .images import output_format
 
-    def same(a: str, b: str) -> bool:
+    def same(a: str, b: str) -> bool:  # symlinks and hard links included
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
         return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
     to_folder = len(inputs) > 1 or any(os.path.isdir(p) for p in given) or os.path.isdir(output)

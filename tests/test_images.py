@@ -220,7 +220,9 @@ def test_cli_refuses_to_write_over_an_input(tmp_path, capsys):
     assert run_upscale(tmp_path / "a.png", "-o", tmp_path / "." / "a.png") == 2
     assert run_upscale(tmp_path, "-o", tmp_path) == 2
     assert "folder of the inputs" in capsys.readouterr().err
-    assert (tmp_path / "a.png").read_bytes() == before and os.listdir(tmp_path) == ["a.png"]
+    os.link(tmp_path / "a.png", tmp_path / "b.png")  # the same file under another name
+    assert run_upscale(tmp_path / "a.png", "-o", tmp_path / "b.png") == 2
+    assert (tmp_path / "a.png").read_bytes() == before and sorted(os.listdir(tmp_path)) == ["a.png", "b.png"]
 
 
 def test_cli_refuses_two_inputs_onto_one_output(tmp_path, capsys):
