@@ -53,6 +53,25 @@ def add_eval(sub) -> None:
     p.set_defaults(run=run_eval)
 
 
+def write_csv(path: str, header: List[str], rows: List[list]) -> None:
+    """A CSV file written under a temporary name and renamed when complete (no partial file)."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def list_images(folder: str, suffix: str = "") -> Dict[str, str]:
     """{name without extension (and suffix): path} of the images in folder."""
     if not os.path.isdir(folder):
@@ -138,11 +157,7 @@ def run_eval(args) -> int:
             progress.update()
 
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image"] + chosen)
-            for row in rows:
-                writer.writerow([row[0]] + [f"{v:.6f}" for v in row[1:]])
+        write_csv(args.csv, ["image"] + chosen, [[row[0]] + [f"{v:.6f}" for v in row[1:]] for row in rows])
     means = np.mean(np.asarray([r[1:] for r in rows], np.float64), axis=0)
     conventions = (f"{len(rows)} image pairs; PSNR/SSIM on {'RGB' if args.rgb else 'Y (BT.601 YCbCr)'}, "
                    f"crop {args.crop_border}{', SSIM downsampled' if args.ssim_downsample else ''}; "
@@ -223,11 +238,8 @@ def run_score(args) -> int:
                 write(heatmaps[path], heatmap_rgb(rgb, p))
             progress.update()
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "p_real", "logit", "patches"])
-            for path, p_real, logit, shape in rows:
-                writer.writerow([path, f"{p_real:.6f}", f"{logit:.6f}", f"{shape[1]}x{shape[0]}"])
+        write_csv(args.csv, ["image", "p_real", "logit", "patches"],
+                  [[path, f"{p_real:.6f}", f"{logit:.6f}", f"{shape[1]}x{shape[0]}"] for path, p_real, logit, shape in rows])
     print(f"{len(rows)} images; discriminator {args.discriminator}, t = {args.timestep}, seed {args.seed}")
     print(f"{'mean P(real)':>12}  {'mean logit':>10}  {'patches':>8}  image")
     for path, p_real, logit, shape in rows:
