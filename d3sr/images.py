@@ -3,7 +3,9 @@ written as users expect (upright, alpha, gray, 16 bits, ICC and EXIF kept, atomi
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zlib
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -134,9 +136,22 @@ def read_image(path) -> Picture:
 
     path = _path_argument(path, "path")
     try:
+        return _read_image(path)
+    # Pillow's bomb check and its parsers' SyntaxError, struct and EOF errors are no
+    # OSErrors; decoding a truncated file raises OSError. All are bad files: ValueError.
+    except (Image.DecompressionBombError, SyntaxError, EOFError, struct.error, zlib.error) as e:
+        raise ValueError(f"{path}: cannot read the image: {e}") from None
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise ValueError(f"{path}: cannot read the image: {e}") from None
+
+
+def _read_image(path: str) -> Picture:
+    from PIL import Image
+
+    try:
         image = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: {e}") from None
     except Image.UnidentifiedImageError:
         if _is_tiff(path):  # e.g. 16-bit gray + alpha, which Pillow has no mode for
             pixels, icc, orientation = _read_tiff(path)
@@ -149,10 +164,7 @@ def read_image(path) -> Picture:
         if _sixteen_bit(image, path):
             pixels = _read_sixteen_bit(path, image.format)
         else:
-            try:
-                pixels, icc = _eight_bit_pixels(image, icc)
-            except OSError as e:  # truncated or corrupt data, found only when decoding
-                raise ValueError(f"{path}: cannot decode the image: {e}") from None
+            pixels, icc = _eight_bit_pixels(image, icc)
         if image.format == "TIFF":
             exif_block = None  # a TIFF's "EXIF" is its own file structure: only its orientation travels
         elif len(exif):

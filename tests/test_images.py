@@ -93,6 +93,17 @@ def test_unknown_extension_and_bad_arguments(tmp_path):
     (tmp_path / "not.png").write_bytes(b"hello")
     with pytest.raises(ValueError, match="not an image file"):
         read_image(tmp_path / "not.png")
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_truncated_file_is_a_value_error(tmp_path, dtype):
+    write_image(tmp_path / "a.png", random_pixels(64, 64, 3, dtype))
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="a.png"):
+        read_image(tmp_path / "a.png")
 
 
 # ---- EXIF ----------------------------------------------------------------------------
