@@ -47,11 +47,13 @@ def realness_colours(probabilities) -> np.ndarray:
     return np.where(p < 0.5, low, high) / 255
 
 
-def heatmap_rgb(image, probabilities, opacity: float = 0.5) -> np.ndarray:
+def heatmap_rgb(image, probabilities, opacity: float = 0.5, limits: Tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """The image with each patch tinted by its probability of being real: uint8 [H, W, 3].
     probabilities: [h, w] (or [1, 1, h, w], as d3sr.losses.probabilities gives them), one
     per patch; the image is covered by h x w equal patches (the discriminator's patches are
-    32 x 32 pixels) and any remainder at the bottom and right is left untinted."""
+    32 x 32 pixels) and any remainder at the bottom and right is left untinted. limits: the
+    probabilities shown fully red and fully blue (narrow them to see small differences; use
+    the same limits for images that are compared)."""
     rgb = _as_float_rgb(image)
     p = np.asarray(probabilities, np.float32)
     p = p.reshape(p.shape[-2:]) if p.ndim > 2 and int(np.prod(p.shape[:-2])) == 1 else p
@@ -59,10 +61,13 @@ def heatmap_rgb(image, probabilities, opacity: float = 0.5) -> np.ndarray:
         raise ValueError(f"probabilities must be [h, w] (one per patch), got {np.shape(probabilities)}")
     if not 0 <= opacity <= 1:
         raise ValueError(f"opacity must be in [0, 1], not {opacity}")
+    low, high = (float(v) for v in limits)
+    if not high > low:
+        raise ValueError(f"limits must be (low, high) with high > low, not {limits}")
     ph, pw = rgb.shape[0] // p.shape[0], rgb.shape[1] // p.shape[1]
     if ph == 0 or pw == 0:
         raise ValueError(f"{p.shape[0]} x {p.shape[1]} patches do not fit a {rgb.shape[0]} x {rgb.shape[1]} image")
-    tint = np.repeat(np.repeat(realness_colours(p), ph, axis=0), pw, axis=1)  # [h*ph, w*pw, 3]
+    tint = np.repeat(np.repeat(realness_colours((p - low) / (high - low)), ph, axis=0), pw, axis=1)  # [h*ph, w*pw, 3]
     out = rgb.copy()
     covered = out[: tint.shape[0], : tint.shape[1]]
     out[: tint.shape[0], : tint.shape[1]] = (1 - opacity) * covered + opacity * tint
@@ -152,20 +157,21 @@ def side_by_side(images: Dict[str, np.ndarray], crops: Optional[Sequence[Box]] =
     return fig
 
 
-def heatmap_overlay(image, probabilities, *, title: Optional[str] = None, opacity: float = 0.5, ax=None):
+def heatmap_overlay(image, probabilities, *, title: Optional[str] = None, opacity: float = 0.5,
+                    limits: Tuple[float, float] = (0.0, 1.0), ax=None):
     """The image with the discriminator's per-patch probability of being real over it
-    (red fake, blue real) and a colour bar. Returns the Figure."""
+    (red fake, blue real; limits as for heatmap_rgb) and a colour bar. Returns the Figure."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LinearSegmentedColormap, Normalize
 
     fig, ax = _figure(ax, (6, 5))
-    ax.imshow(heatmap_rgb(image, probabilities, opacity))
+    ax.imshow(heatmap_rgb(image, probabilities, opacity, limits))
     p = np.asarray(probabilities, np.float32)
     ax.set_title(title if title is not None else f"mean P(real) = {float(p.mean()):.3f}")
     ax.set_xticks([])
     ax.set_yticks([])
     cmap = LinearSegmentedColormap.from_list("d3sr_realness", realness_colours(np.linspace(0, 1, 64)))
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, label="P(real) per 32x32 patch", shrink=0.8)
+    fig.colorbar(ScalarMappable(Normalize(*limits), cmap), ax=ax, label="P(real) per 32x32 patch", shrink=0.8)
     return fig
 
 

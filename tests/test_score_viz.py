@@ -75,6 +75,8 @@ def test_heatmap_rgb_tints_each_patch():
     assert (heat[:32, :32] == heat[0, 0]).all()
     np.testing.assert_array_equal(viz.heatmap_rgb(image, p, opacity=0.0), image)
     np.testing.assert_array_equal(viz.heatmap_rgb(image, p[None, None]), viz.heatmap_rgb(image, p))
+    narrow = viz.heatmap_rgb(image, np.array([[0.45, 0.55]]), opacity=1.0, limits=(0.45, 0.55))
+    np.testing.assert_array_equal(narrow[0, [0, 63]], [[215, 48, 39], [69, 117, 180]])
     with pytest.raises(ValueError, match="one per patch"):
         viz.heatmap_rgb(image, np.zeros(3))
 
