@@ -59,7 +59,6 @@ ORIENTATION_TAG = 0x0112
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
            ".bmp": "BMP"}
 ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")  # Pillow writes BMP alpha but reads it back without
-DEEP_FORMATS = ("PNG", "TIFF")  # the formats whose 16 bits per channel d3sr keeps
 PNG_COMPRESSION = 6  # zlib level: within a few % of 9's size at a fraction of its time
 
 
