@@ -1,7 +1,9 @@
 """The `d3sr` command: upscale images, score them, build checkpoints, try the pipeline.
 
     d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32|fp16|bf16]
+                 [--quality 95] [--format png|jpg|webp|tiff|same] [--skip-existing]
     d3sr eval --sr DIR --hr DIR [--metrics psnr,ssim,lpips,dists,ea_dists] [--crop-border N] [--csv FILE]
+    d3sr score IMAGES... --discriminator DIR [-t 250] [--seed 0] [--heatmap OUT_DIR] [--csv FILE]
     d3sr make-checkpoint --sd DIR --text-embedding FILE -o DIR [--unet-lora F] [--vae-lora F] ...
     d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
     d3sr convert-osediff MODEL.pkl -o DIR
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import struct
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -28,37 +29,6 @@ LOWER_IS_BETTER = {"lpips", "dists", "ea_dists"}
 
 class CommandError(Exception):
     """A problem with the command's input, printed without a traceback."""
-
-
-# ---- progress ------------------------------------------------------------------------
-
-class Progress:
-    """A one-line progress bar on stderr: redrawn in place on a terminal, a line
-    every 10% otherwise (logs)."""
-
-    def __init__(self, total: int, stream=None, width: int = 30):
-        self.total, self.width, self.stream = total, width, stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start, self.last_tenth = time.monotonic(), -1
-
-    def update(self, done: int, label: str = "") -> None:
-        frac = done / self.total if self.total else 1.0
-        if not self.tty:
-            tenth = int(frac * 10)
-            if tenth == self.last_tenth:
-                return
-            self.last_tenth = tenth
-        filled = int(round(frac * self.width))
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / done * (self.total - done) if done else 0.0
-        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} {elapsed:.0f}s<{eta:.0f}s {label}"
-        self.stream.write(("\r" + line[:120] + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # ---- eval ----------------------------------------------------------------------------
@@ -81,6 +51,25 @@ def add_eval(sub) -> None:
     p.add_argument("--csv", help="write per-image scores here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.set_defaults(run=run_eval)
+
+
+def write_csv(path: str, header: List[str], rows: List[list]) -> None:
+    """A CSV file written under a temporary name and renamed when complete (no partial file)."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def list_images(folder: str, suffix: str = "") -> Dict[str, str]:
@@ -115,18 +104,10 @@ def pair_images(sr_dir: str, hr_dir: str, suffix: str = "") -> List[Tuple[str, s
 
 
 def read_rgb(path: str):
-    import numpy as np
-    from PIL import Image
+    """An image file as [H, W, 3] uint8, upright (EXIF orientation applied); 16 bits rounded to 8."""
+    from .images import read_image
 
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr"):
-                raise CommandError(f"{path}: {image.mode} images are not supported; d3sr eval reads 8-bit images")
-            return np.asarray(image.convert("RGB"))
-    # PIL's bomb check and its parsers' SyntaxError, struct and EOF errors are
-    # not OSErrors: without this they end the CLI with a traceback.
-    except (Image.DecompressionBombError, SyntaxError, EOFError, struct.error) as e:
-        raise CommandError(f"{path}: cannot read the image: {e}") from None
+    return read_image(path).rgb8()
 
 
 def run_eval(args) -> int:
@@ -162,10 +143,9 @@ def run_eval(args) -> int:
                 raise CommandError(str(e)) from None
 
     rows = []
-    progress = Progress(len(pairs))
-    try:
-        for i, (name, sr_path, hr_path) in enumerate(pairs):
-            progress.update(i, name)
+    with _progress(len(pairs), "eval") as progress:
+        for name, sr_path, hr_path in pairs:
+            progress.set_postfix_str(name, refresh=False)
             sr, hr = read_rgb(sr_path), read_rgb(hr_path)
             if sr.shape != hr.shape:
                 raise CommandError(f"{name}: SR {os.path.basename(sr_path)} is {sr.shape[1]}x{sr.shape[0]}, "
@@ -174,16 +154,10 @@ def run_eval(args) -> int:
                 rows.append([name] + [float(score[metric](sr, hr)) for metric in chosen])
             except ValueError as e:
                 raise CommandError(f"{name}: {e}") from None
-        progress.update(len(pairs), "done")
-    finally:
-        progress.close()
+            progress.update()
 
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image"] + chosen)
-            for row in rows:
-                writer.writerow([row[0]] + [f"{v:.6f}" for v in row[1:]])
+        write_csv(args.csv, ["image"] + chosen, [[row[0]] + [f"{v:.6f}" for v in row[1:]] for row in rows])
     means = np.mean(np.asarray([r[1:] for r in rows], np.float64), axis=0)
     conventions = (f"{len(rows)} image pairs; PSNR/SSIM on {'RGB' if args.rgb else 'Y (BT.601 YCbCr)'}, "
                    f"crop {args.crop_border}{', SSIM downsampled' if args.ssim_downsample else ''}; "
@@ -191,6 +165,89 @@ def run_eval(args) -> int:
     print(conventions)
     print("  ".join(f"{(name + (' (lower better)' if name in LOWER_IS_BETTER else '')):>22}" for name in chosen))
     print("  ".join(f"{v:>22.4f}" for v in means))
+    if args.csv:
+        print(f"per-image scores: {args.csv}")
+    return 0
+
+
+# ---- score ---------------------------------------------------------------------------
+
+def add_score(sub) -> None:
+    p = sub.add_parser("score", help="the discriminator's realness of image files, with heat maps",
+                       description="Encodes each image with the discriminator's VAE, noises it to timestep t "
+                                   "(seeded, the same noise for every image of a size) and prints the mean "
+                                   "probability of being real over its 32x32-pixel patches. An image whose "
+                                   "sides are not multiples of 32 is scored on its top-left part that is.")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--discriminator", required=True, help="discriminator checkpoint folder (with a vae/)")
+    p.add_argument("-t", "--timestep", type=int, default=250, help="noise timestep, 0..999 (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--heatmap", metavar="OUT_DIR", help="write NAME_realness.png heat maps here")
+    p.add_argument("--csv", help="write per-image scores here")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.set_defaults(run=run_score)
+
+
+def run_score(args) -> int:
+    import numpy as np
+
+    from . import losses
+    from ._discriminator import PATCH, Discriminator
+    from .images import read_image
+    from .viz import heatmap_rgb
+
+    if not 0 <= args.timestep <= 999:
+        raise CommandError(f"-t must be a timestep from 0 to 999, not {args.timestep}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise CommandError(f"--seed must be from 0 to 2^63 - 1, not {args.seed}")
+    inputs = _images_in(args.images)
+    heatmaps: Dict[str, str] = {}
+    if args.heatmap:
+        for path in inputs:
+            target = os.path.join(args.heatmap, os.path.splitext(os.path.basename(path))[0] + "_realness.png")
+            key = os.path.normcase(os.path.abspath(target))
+            if key in heatmaps.values():
+                other = next(p for p, t in heatmaps.items() if t == key)
+                raise CommandError(f"{other} and {path} would both have their heat map written to {target}")
+            if os.path.exists(target) and any(os.path.samefile(target, p) for p in inputs):
+                raise CommandError(f"{target} is an input; d3sr never writes over its inputs, choose another --heatmap")
+            heatmaps[path] = key
+    if args.threads:
+        from ._native import _core
+
+        _core.set_num_threads(args.threads)
+    disc = Discriminator.load(args.discriminator)
+    if disc.vae is None:
+        raise CommandError(f"{args.discriminator} has no VAE ('vae' in its d3sr.json) to encode images with")
+    multiple = disc.vae.downscale * PATCH  # pixels per patch side
+    rows = []
+    with _progress(len(inputs), "score") as progress:
+        for path in inputs:
+            picture = read_image(path)
+            h, w = (side - side % multiple for side in picture.pixels.shape[:2])
+            if h == 0 or w == 0:
+                raise CommandError(f"{path} is {picture.size[0]}x{picture.size[1]}: smaller than one "
+                                   f"{multiple}x{multiple} patch")
+            rgb = picture.rgb()[:h, :w]
+            logits = disc.score_images(np.ascontiguousarray(rgb), args.timestep, seed=args.seed)  # [1, 1, h/32, w/32]
+            p = losses.probabilities(logits)[0, 0]
+            rows.append((path, float(p.mean()), float(logits.mean()), p.shape))
+            if args.heatmap:
+                from .images import write_image as write
+
+                write(heatmaps[path], heatmap_rgb(rgb, p))
+            progress.update()
+    if args.csv:
+        write_csv(args.csv, ["image", "p_real", "logit", "patches"],
+                  [[path, f"{p_real:.6f}", f"{logit:.6f}", f"{shape[1]}x{shape[0]}"] for path, p_real, logit, shape in rows])
+    print(f"{len(rows)} images; discriminator {args.discriminator}, t = {args.timestep}, seed {args.seed}")
+    print(f"{'mean P(real)':>12}  {'mean logit':>10}  {'patches':>8}  image")
+    for path, p_real, logit, shape in rows:
+        print(f"{p_real:>12.4f}  {logit:>10.4f}  {shape[1]:>3}x{shape[0]:<4}  {path}")
+    if len(rows) > 1:
+        print(f"{np.mean([r[1] for r in rows]):>12.4f}  {np.mean([r[2] for r in rows]):>10.4f}  {'':>8}  (mean)")
+    if args.heatmap:
+        print(f"heat maps: {args.heatmap}")
     if args.csv:
         print(f"per-image scores: {args.csv}")
     return 0
@@ -233,12 +290,21 @@ def run_convert_metric_weights(args) -> int:
     return 0
 
 
+def _progress(total: int, what: str):
+    """A tqdm bar on stderr (a line per update where stderr is no terminal, e.g. a log)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="image", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0 if not sys.stderr.isatty() else 0.1)
+
+
 def _images_in(paths):
     """Image files named or inside the folders named, in a stable order."""
     found = []
     for path in paths:
         if os.path.isdir(path):
-            found += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found += sorted(os.path.join(path, f) for f in os.listdir(path)
+                            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f)))
         elif os.path.isfile(path):
             found.append(path)
         else:
@@ -248,32 +314,83 @@ def _images_in(paths):
     return found
 
 
-def write_image(path: str, image) -> None:
-    from PIL import Image
+def write_image(path: str, image, **options) -> str:
+    """Writes an array or d3sr.images.Picture atomically (see d3sr.images.write_image)."""
+    from .images import write_image as write
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(image).save(path)
+    return write(path, image, **options)
+
+
+def plan_outputs(inputs: List[str], given: Sequence[str], output: str, fmt: str) -> List[Tuple[str, str]]:
+    """[(input, output path)] for `d3sr upscale`, refusing before any work whatever would
+    destroy data: an output that is an input, an output folder that is an input folder, and
+    two inputs that would be written to the same file."""
+    from .images import output_format
+
+    def same(a: str, b: str) -> bool:  # symlinks and hard links included
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+    to_folder = len(inputs) > 1 or any(os.path.isdir(p) for p in given) or os.path.isdir(output)
+    if to_folder and os.path.isfile(output):
+        raise CommandError(f"-o {output} is a file; several inputs need an output folder")
+    if to_folder:
+        for folder in {os.path.dirname(p) or "." for p in inputs}:
+            if same(folder, output):
+                raise CommandError(f"-o {output} is the folder of the inputs; write the results to another folder")
+        extension = {"same": None, "jpg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif"}[fmt]
+        plan = []
+        for path in inputs:
+            stem, ext = os.path.splitext(os.path.basename(path))
+            plan.append((path, os.path.join(output, stem + (extension or ext))))
+    else:
+        plan = [(inputs[0], output)]
+    written: Dict[str, str] = {}
+    for path, target in plan:
+        try:
+            output_format(target)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        if any(os.path.exists(target) and same(target, p) for p in inputs):
+            raise CommandError(f"{target} is an input; d3sr never writes over its inputs, choose another -o")
+        key = os.path.normcase(os.path.abspath(target))
+        if key in written:
+            raise CommandError(f"{written[key]} and {path} would both be written to {target}; rename one"
+                               + (", or keep each input's format with --format same" if fmt != "same" else ""))
+        written[key] = path
+    return plan
 
 
 def run_upscale(args) -> int:
     import d3sr
+    from .images import check_writable, read_image, upscale_picture
 
-    inputs = _images_in(args.inputs)
-    to_folder = len(inputs) > 1 or os.path.isdir(args.inputs[0]) or os.path.isdir(args.output)
+    if not 1 <= args.quality <= 100:
+        raise CommandError(f"--quality must be from 1 to 100, not {args.quality}")
+    plan = plan_outputs(_images_in(args.inputs), args.inputs, args.output, args.format)
+    if args.skip_existing:
+        todo = [(path, target) for path, target in plan if not os.path.exists(target)]
+        if len(todo) < len(plan):
+            print(f"skipping {len(plan) - len(todo)} of {len(plan)} images whose output exists", file=sys.stderr)
+        plan = todo
+        if not plan:
+            return 0
     if args.threads:
         d3sr.set_num_threads(args.threads)
     start = time.perf_counter()
     upscaler = d3sr.Upscaler.load(args.checkpoint, device=args.device, dtype=args.dtype)
     print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    for i, path in enumerate(inputs):
-        image = read_rgb(path)
-        start = time.perf_counter()
-        out = upscaler.upscale(image, scale=args.scale)
-        target = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png") if to_folder \
-            else args.output
-        write_image(target, out)
-        print(f"[{i + 1}/{len(inputs)}] {path} {image.shape[1]}x{image.shape[0]} -> {target} "
-              f"{out.shape[1]}x{out.shape[0]} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    with _progress(len(plan), "upscale") as progress:
+        for path, target in plan:
+            picture = read_image(path)
+            check_writable(target, picture)  # before the model's work, not after
+            start = time.perf_counter()
+            out = upscale_picture(picture, lambda rgb: upscaler.upscale(rgb, scale=args.scale))
+            write_image(target, out, quality=args.quality)
+            progress.write(f"{path} {picture.size[0]}x{picture.size[1]} -> {target} {out.size[0]}x{out.size[1]} "
+                           f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+            progress.update()
     return 0
 
 
@@ -327,9 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                    help="default: fp32 on the CPU, bf16 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1..100 (default 95)")
+    p.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tiff", "same"),
+                   help="format of the files written into an output folder (default png; same: each input's)")
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
     p.set_defaults(run=run_upscale)
 
     add_eval(sub)
+    add_score(sub)
 
     p = sub.add_parser("make-checkpoint", help="assemble a generator checkpoint folder")
     p.add_argument("--sd", required=True, help="an SD 2.1-base diffusers folder (with unet/ and vae/)")
