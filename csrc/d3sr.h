@@ -138,6 +138,42 @@ D3SR_API d3sr_status d3sr_vae_output_shape(const d3sr_model *m, int encode, cons
 D3SR_API d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w,
                                      float *image);
 
+/* ---- tiled VAE calls: GroupNorm statistics pooled over an image's tiles ---
+ *
+ * A tiled call runs one tile with its halo. The tile's core, rows [y0, y1) and
+ * columns [x0, x1) of the call's input, is its share of the image: the cores of
+ * an image's tiles partition it, so statistics over cores count every pixel
+ * once. Each GroupNorm layer of the call, in call order (layer 0, 1, ...),
+ * writes its input's statistics over the core (scaled to the layer's
+ * resolution) to collect and normalises with apply, the image's pooled
+ * statistics, instead of the tile's own. d3sr_vae_norm_layers gives the
+ * layer count. */
+typedef struct {
+    int y0, y1, x0, x1;
+    int layers, groups;  /* entries of apply and collect per sample */
+    const double *apply; /* [n, layers, groups, 2] mean, variance; NULL: each layer's own statistics */
+    double *collect;     /* [n, layers, groups, 3] count, mean, M2 over the core; NULL: not wanted */
+} d3sr_norm_pool;
+
+/* GroupNorm layers of one encode (encode = 1) or decode call, and their groups. */
+D3SR_API int d3sr_vae_norm_layers(const d3sr_model *m, int encode);
+D3SR_API int d3sr_vae_norm_groups(const d3sr_model *m);
+
+/* d3sr_vae_encode and d3sr_vae_decode of one tile, as above. */
+D3SR_API d3sr_status d3sr_vae_encode_pooled(d3sr_model *m, const float *x, int n, int h, int w,
+                                            const d3sr_norm_pool *pool, float *mean);
+D3SR_API d3sr_status d3sr_vae_decode_pooled(d3sr_model *m, const float *z, int n, int h, int w,
+                                            const d3sr_norm_pool *pool, float *image);
+
+/* ---- colour fix (StableSR's adain and wavelet) --------------------------- */
+
+typedef enum { D3SR_COLOR_FIX_ADAIN = 1, D3SR_COLOR_FIX_WAVELET = 2 } d3sr_color_fix_kind;
+
+/* Corrects sr [n, h, w, c] float32 in place towards ref (same shape), the
+ * result clamped to [0, 1]; see images/color_fix.c for the formulas. */
+D3SR_API d3sr_status d3sr_color_fix(float *sr, const float *ref, int n, int h, int w, int c,
+                                    d3sr_color_fix_kind kind);
+
 /* ---- the UNet (diffusers UNet2DConditionModel: SD 1.x/2.x, SDXL) ------- */
 
 typedef struct {

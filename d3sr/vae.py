@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, tiling
 from ._model import CoreModel
 from ._native import _core
 from .lora import as_lora
@@ -139,6 +139,32 @@ class VAE(CoreModel):
         """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
         _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
         return self._run(self._model.vae_decode, z, return_intermediates=return_intermediates)
+
+    def encode_tiled(self, x: np.ndarray, tile: int, *, norm_passes: int = tiling.DEFAULT_NORM_PASSES,
+                     progress=None, pooled_statistics: Optional[list] = None) -> np.ndarray:
+        """encode over tiles of at most tile x tile pixels (a multiple of
+        `downscale`) with halos and GroupNorm statistics pooled over the image
+        (see d3sr.tiling). pooled_statistics, a list, gets each pass's pooled
+        (mean, variance) [N, layers, groups, 2]."""
+        _checks.float32_array(x, "x", 4, "[N, C, H, W]")
+        n, _, h, w = x.shape
+        if h % self.downscale or w % self.downscale:
+            raise ValueError(f"x's height and width must be multiples of {self.downscale}, got {h} x {w}")
+        tile = tiling.check_tile(tile, "tile", self.downscale, self.downscale)
+        out_shape = (n, self.config["latent_channels"], h // self.downscale, w // self.downscale)
+        return tiling.vae_tiled(self._model.vae_encode_tile, x, out_shape, 1 / self.downscale, tile,
+                                tiling.encoder_halo(self.config), self.downscale, norm_passes, progress,
+                                pooled_statistics)
+
+    def decode_tiled(self, z: np.ndarray, tile: int, *, norm_passes: int = tiling.DEFAULT_NORM_PASSES,
+                     progress=None, pooled_statistics: Optional[list] = None) -> np.ndarray:
+        """decode over tiles of at most tile x tile latent pixels, as encode_tiled."""
+        _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
+        n, _, h, w = z.shape
+        tile = tiling.check_tile(tile, "tile", 1, 1)
+        out_shape = (n, self.config["out_channels"], h * self.downscale, w * self.downscale)
+        return tiling.vae_tiled(self._model.vae_decode_tile, z, out_shape, self.downscale, tile,
+                                tiling.decoder_halo(self.config), 1, norm_passes, progress, pooled_statistics)
 
     def __repr__(self) -> str:
         return (f"VAE(block_out_channels={self.config['block_out_channels']}, parts={self.parts}, "

@@ -238,6 +238,7 @@ static d3sr_status encode_forward(d3sr_ctx *ctx, void *arg)
     const vae *v = call->v;
     const d3sr_vae_config *c = &v->cfg;
     d3sr_tensor x;
+    ctx->pooling.next = 0; /* GroupNorm layers count from 0 in each pass */
     D3SR_CHECK(d3sr_upload_nchw(ctx, call->input, call->n, c->in_channels, call->h, call->w, &x)); // [n, H, W, 3]
     D3SR_CHECK(run_conv(ctx, &v->enc_conv_in, &x));                                                // [n, H, W, boc0]
     D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "encoder.conv_in"));
@@ -263,6 +264,7 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
     const vae *v = call->v;
     const d3sr_vae_config *c = &v->cfg;
     d3sr_tensor x;
+    ctx->pooling.next = 0; /* GroupNorm layers count from 0 in each pass */
     D3SR_CHECK(d3sr_upload_nchw(ctx, call->input, call->n, c->latent_channels, call->h, call->w, &x)); // [n, h, w, latent]
     if (c->use_post_quant_conv) D3SR_CHECK(run_conv(ctx, &v->post_quant_conv, &x));
     D3SR_CHECK(run_conv(ctx, &v->dec_conv_in, &x));                                                // [n, h, w, boc_last]
@@ -288,8 +290,62 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
     return D3SR_OK;
 }
 
+/* Sets up ctx->pooling for a tiled call; frees its scratch in pooling_end. */
+static d3sr_status pooling_begin(d3sr_ctx *ctx, const d3sr_norm_pool *pool, int layers, int groups, int n, int h, int w)
+{
+    memset(&ctx->pooling, 0, sizeof ctx->pooling);
+    if (!pool) return D3SR_OK;
+    if (pool->layers != layers || pool->groups != groups)
+        return d3sr_fail(D3SR_ERR_VALUE, "the statistics pool holds %d layers of %d groups, this call runs %d of %d",
+                         pool->layers, pool->groups, layers, groups);
+    if (pool->y0 < 0 || pool->y1 > h || pool->y0 >= pool->y1 || pool->x0 < 0 || pool->x1 > w || pool->x0 >= pool->x1)
+        return d3sr_fail(D3SR_ERR_VALUE, "the tile's core [%d, %d) x [%d, %d) is empty or outside the %d x %d input",
+                         pool->y0, pool->y1, pool->x0, pool->x1, h, w);
+    ctx->pooling.mean_rstd = malloc((size_t)n * groups * 2 * sizeof(float));
+    ctx->pooling.stats = malloc((size_t)n * groups * 3 * sizeof(double));
+    if (!ctx->pooling.mean_rstd || !ctx->pooling.stats) {
+        free(ctx->pooling.mean_rstd);
+        free(ctx->pooling.stats);
+        memset(&ctx->pooling, 0, sizeof ctx->pooling);
+        return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory for GroupNorm statistics");
+    }
+    ctx->pooling.pool = pool;
+    ctx->pooling.in_h = h;
+    ctx->pooling.in_w = w;
+    return D3SR_OK;
+}
+
+static void pooling_end(d3sr_ctx *ctx)
+{
+    free(ctx->pooling.mean_rstd);
+    free(ctx->pooling.stats);
+    memset(&ctx->pooling, 0, sizeof ctx->pooling);
+}
+
+/* GroupNorm layers one pass runs, in the order the forwards above call them. */
+static int count_norm_layers(const vae *v, int encode)
+{
+    const d3sr_vae_config *c = &v->cfg;
+    const int per_resnet = 2, mid = 2 * per_resnet + (c->mid_block_add_attention ? 1 : 0);
+    const int resnets = c->num_levels * (encode ? c->layers_per_block : c->layers_per_block + 1);
+    return resnets * per_resnet + mid + 1; /* + conv_norm_out */
+}
+
+int d3sr_vae_norm_layers(const d3sr_model *m, int encode)
+{
+    if (!m || m->kind != D3SR_MODEL_VAE) return 0;
+    return count_norm_layers(m->impl, encode);
+}
+
+int d3sr_vae_norm_groups(const d3sr_model *m)
+{
+    if (!m || m->kind != D3SR_MODEL_VAE) return 0;
+    return ((const vae *)m->impl)->cfg.norm_num_groups;
+}
+
 static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_status (*forward)(d3sr_ctx *, void *),
-                           const float *input, int n, int channels, int h, int w, int multiple, float *output)
+                           const float *input, int n, int channels, int h, int w, int multiple,
+                           const d3sr_norm_pool *pool, float *output)
 {
     vae *v = m->impl;
     D3SR_CHECK(d3sr_model_enter(m, D3SR_MODEL_VAE, what));
@@ -303,10 +359,17 @@ static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_statu
         status = d3sr_fail(D3SR_ERR_VALUE, "%s: height and width must be multiples of %d, got %d x %d", what, multiple, h, w);
     else
         status = d3sr_check_finite(input, (size_t)n * channels * h * w, what);
+    if (status == D3SR_OK)
+        status = pooling_begin(&m->ctx, pool, count_norm_layers(v, part == D3SR_VAE_ENCODER), v->cfg.norm_num_groups,
+                               n, h, w);
     if (status == D3SR_OK) {
         vae_call call = {v, input, n, h, w, output};
         status = d3sr_ctx_run(&m->ctx, forward, &call);
+        if (status == D3SR_OK && pool && m->ctx.pooling.next != pool->layers)
+            status = d3sr_fail(D3SR_ERR_VALUE, "%s ran %d GroupNorm layers, %d were counted", what,
+                               m->ctx.pooling.next, pool->layers);
     }
+    pooling_end(&m->ctx);
     d3sr_model_leave(m);
     return status;
 }
@@ -341,17 +404,29 @@ d3sr_status d3sr_vae_output_shape(const d3sr_model *m, int encode, const int64_t
     return D3SR_OK;
 }
 
-d3sr_status d3sr_vae_encode(d3sr_model *m, const float *x, int n, int h, int w, float *mean)
+d3sr_status d3sr_vae_encode_pooled(d3sr_model *m, const float *x, int n, int h, int w, const d3sr_norm_pool *pool,
+                                   float *mean)
 {
     if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_encode needs a VAE");
     const vae *v = m->impl;
     int factor = 1 << (v->cfg.num_levels - 1);
-    return vae_run(m, D3SR_VAE_ENCODER, "encode", encode_forward, x, n, v->cfg.in_channels, h, w, factor, mean);
+    return vae_run(m, D3SR_VAE_ENCODER, "encode", encode_forward, x, n, v->cfg.in_channels, h, w, factor, pool, mean);
+}
+
+d3sr_status d3sr_vae_decode_pooled(d3sr_model *m, const float *z, int n, int h, int w, const d3sr_norm_pool *pool,
+                                   float *image)
+{
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_decode needs a VAE");
+    const vae *v = m->impl;
+    return vae_run(m, D3SR_VAE_DECODER, "decode", decode_forward, z, n, v->cfg.latent_channels, h, w, 1, pool, image);
+}
+
+d3sr_status d3sr_vae_encode(d3sr_model *m, const float *x, int n, int h, int w, float *mean)
+{
+    return d3sr_vae_encode_pooled(m, x, n, h, w, NULL, mean);
 }
 
 d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w, float *image)
 {
-    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_decode needs a VAE");
-    const vae *v = m->impl;
-    return vae_run(m, D3SR_VAE_DECODER, "decode", decode_forward, z, n, v->cfg.latent_channels, h, w, 1, image);
+    return d3sr_vae_decode_pooled(m, z, n, h, w, NULL, image);
 }

@@ -1,6 +1,7 @@
 /* single_op.c: run one op on host arrays; see single_op.h. */
 #include "single_op.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "../core/status.h"
@@ -136,6 +137,7 @@ static d3sr_status group_norm_forward(d3sr_ctx *ctx, void *arg)
 {
     const norm_call *call = arg;
     d3sr_tensor x, y;
+    ctx->pooling.next = 0;
     D3SR_CHECK(d3sr_upload(ctx, call->x, call->n, call->h, call->w, call->norm->channels, &x));
     D3SR_CHECK(d3sr_group_norm(ctx, &x, call->norm, call->silu, &y));
     return d3sr_download(ctx, &y, call->out);
@@ -145,9 +147,39 @@ d3sr_status d3sr_single_group_norm(const char *device, d3sr_dtype dtype, const f
                                    int w, int c, int groups, const float *gamma, const float *beta,
                                    float eps, int silu, float *out)
 {
+    return d3sr_single_group_norm_pooled(device, dtype, x, n, h, w, c, groups, gamma, beta, eps, silu, NULL, out);
+}
+
+d3sr_status d3sr_single_group_norm_pooled(const char *device, d3sr_dtype dtype, const float *x, int n, int h,
+                                          int w, int c, int groups, const float *gamma, const float *beta,
+                                          float eps, int silu, const d3sr_norm_pool *pool, float *out)
+{
     single_env env;
     d3sr_norm norm;
+    float *mean_rstd = NULL;
+    double *stats = NULL;
+    if (pool) {
+        if (pool->layers != 1 || pool->groups != groups)
+            return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the pool must hold 1 layer of %d groups", groups);
+        if (pool->y0 < 0 || pool->y1 > h || pool->y0 >= pool->y1 || pool->x0 < 0 || pool->x1 > w || pool->x0 >= pool->x1)
+            return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the core [%d, %d) x [%d, %d) is empty or outside the %d x %d input",
+                             pool->y0, pool->y1, pool->x0, pool->x1, h, w);
+        mean_rstd = malloc((size_t)n * groups * 2 * sizeof(float));
+        stats = malloc((size_t)n * groups * 3 * sizeof(double));
+        if (!mean_rstd || !stats) {
+            free(mean_rstd);
+            free(stats);
+            return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory");
+        }
+    }
     d3sr_status status = env_init(&env, device, dtype);
+    if (status == D3SR_OK && pool) {
+        env.ctx.pooling.pool = pool;
+        env.ctx.pooling.in_h = h;
+        env.ctx.pooling.in_w = w;
+        env.ctx.pooling.mean_rstd = mean_rstd;
+        env.ctx.pooling.stats = stats;
+    }
     if (status == D3SR_OK) status = d3sr_norm_register(&env.params, &norm, "norm", c, groups, eps);
     if (status == D3SR_OK) {
         const float *hosts[2] = {gamma, beta};
@@ -157,7 +189,10 @@ d3sr_status d3sr_single_group_norm(const char *device, d3sr_dtype dtype, const f
         norm_call call = {&norm, x, n, h, w, silu, out};
         status = d3sr_ctx_run(&env.ctx, group_norm_forward, &call);
     }
+    memset(&env.ctx.pooling, 0, sizeof env.ctx.pooling);
     env_free(&env);
+    free(mean_rstd);
+    free(stats);
     return status;
 }
 

@@ -23,6 +23,13 @@ D3SR_API d3sr_status d3sr_single_group_norm(const char *device, d3sr_dtype dtype
                                             const float *gamma, const float *beta, float eps,
                                             int silu, float *out);
 
+/* GroupNorm of one tile under a statistics pool (d3sr_norm_pool, one layer;
+ * the core in x's pixels). */
+D3SR_API d3sr_status d3sr_single_group_norm_pooled(const char *device, d3sr_dtype dtype, const float *x,
+                                                   int n, int h, int w, int c, int groups,
+                                                   const float *gamma, const float *beta, float eps,
+                                                   int silu, const d3sr_norm_pool *pool, float *out);
+
 D3SR_API d3sr_status d3sr_single_attention(const char *device, d3sr_dtype dtype, const float *q,
                                            const float *k, const float *v, int n, int lq, int lk,
                                            int width, int heads, float *out);

@@ -222,6 +222,85 @@ static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
 static PyObject *model_vae_encode(ModelObject *self, PyObject *x) { return vae_call(self, x, 1); }
 static PyObject *model_vae_decode(ModelObject *self, PyObject *z) { return vae_call(self, z, 0); }
 
+/* A tiled call's statistics pool from core = (y0, y1, x0, x1) and apply (None or
+ * float64 [n, layers, groups, 2]); *collected gets a new float64 [n, layers, groups, 3].
+ * Returns 0, or -1 with an exception set. */
+static int pool_args(PyObject *core, PyObject *apply_obj, int n, int layers, int groups, d3sr_norm_pool *pool,
+                     PyArrayObject **apply, PyArrayObject **collected)
+{
+    memset(pool, 0, sizeof *pool);
+    *apply = *collected = NULL;
+    if (!PyArg_ParseTuple(core, "iiii;core must be a tuple (y0, y1, x0, x1) of integers", &pool->y0, &pool->y1,
+                          &pool->x0, &pool->x1))
+        return -1;
+    pool->layers = layers;
+    pool->groups = groups;
+    if (apply_obj != Py_None) {
+        *apply = (PyArrayObject *)PyArray_FROM_OTF(apply_obj, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY);
+        if (!*apply) return -1;
+        if (PyArray_NDIM(*apply) != 4 || PyArray_DIM(*apply, 0) != n || PyArray_DIM(*apply, 1) != layers ||
+            PyArray_DIM(*apply, 2) != groups || PyArray_DIM(*apply, 3) != 2) {
+            PyErr_Format(PyExc_ValueError, "apply must have shape [%d, %d, %d, 2] (mean, variance)", n, layers, groups);
+            Py_CLEAR(*apply);
+            return -1;
+        }
+        pool->apply = PyArray_DATA(*apply);
+    }
+    npy_intp dims[4] = {n, layers, groups, 3};
+    *collected = (PyArrayObject *)PyArray_ZEROS(4, dims, NPY_FLOAT64, 0);
+    if (!*collected) {
+        Py_CLEAR(*apply);
+        return -1;
+    }
+    pool->collect = PyArray_DATA(*collected);
+    return 0;
+}
+
+/* vae_encode/decode of one tile: (output, collected statistics). */
+static PyObject *vae_tile_call(ModelObject *self, PyObject *args, int encode)
+{
+    PyObject *obj, *core, *apply_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O", &obj, &core, &apply_obj)) return NULL;
+    PyArrayObject *x = float32_array(obj, encode ? "x" : "z", 4);
+    if (!x) return NULL;
+    int64_t in[4], out[4];
+    for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
+    d3sr_status status = d3sr_vae_output_shape(self->model, encode, in, out);
+    if (status != D3SR_OK) {
+        Py_DECREF(x);
+        return raise_status(status);
+    }
+    d3sr_norm_pool pool;
+    PyArrayObject *apply, *collected;
+    int layers = d3sr_vae_norm_layers(self->model, encode), n = (int)in[0], h = (int)in[2], w = (int)in[3];
+    if (pool_args(core, apply_obj, n, layers, d3sr_vae_norm_groups(self->model), &pool, &apply, &collected)) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    npy_intp dims[4] = {(npy_intp)out[0], (npy_intp)out[1], (npy_intp)out[2], (npy_intp)out[3]};
+    PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (y) {
+        const float *xd = PyArray_DATA(x);
+        float *yd = PyArray_DATA(y);
+        if (encode) {
+            RUN_LOCKED(self, d3sr_vae_encode_pooled(self->model, xd, n, h, w, &pool, yd));
+        } else {
+            RUN_LOCKED(self, d3sr_vae_decode_pooled(self->model, xd, n, h, w, &pool, yd));
+        }
+    }
+    Py_DECREF(x);
+    Py_XDECREF(apply);
+    if (!y || status != D3SR_OK) {
+        Py_XDECREF(y);
+        Py_DECREF(collected);
+        return y ? raise_status(status) : NULL;
+    }
+    return Py_BuildValue("(NN)", (PyObject *)y, (PyObject *)collected);
+}
+
+static PyObject *model_vae_encode_tile(ModelObject *self, PyObject *args) { return vae_tile_call(self, args, 1); }
+static PyObject *model_vae_decode_tile(ModelObject *self, PyObject *args) { return vae_tile_call(self, args, 0); }
+
 static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"sample", "timesteps", "encoder_hidden_states", "text_embeds", "time_ids", NULL};
@@ -380,6 +459,10 @@ static PyMethodDef model_methods[] = {
     {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
     {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
+    {"vae_encode_tile", (PyCFunction)model_vae_encode_tile, METH_VARARGS,
+     "vae_encode_tile(x, core (y0, y1, x0, x1), apply=None) -> (mean, GroupNorm statistics over the core)."},
+    {"vae_decode_tile", (PyCFunction)model_vae_decode_tile, METH_VARARGS,
+     "vae_decode_tile(z, core (y0, y1, x0, x1), apply=None) -> (image, GroupNorm statistics over the core)."},
     {"head_forward", (PyCFunction)model_head_forward, METH_O, "head_forward(features [N, C, h, w]) -> logits [N, 1, h, w]"},
     {"unet_forward", (PyCFunction)(void (*)(void))model_unet_forward, METH_VARARGS | METH_KEYWORDS,
      "unet_forward(sample, timesteps [N], encoder_hidden_states [N, L, D], text_embeds=None, time_ids=None)"},
@@ -669,38 +752,53 @@ done:
 static PyObject *py_group_norm(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *keywords[] = {"x", "groups", "gamma", "beta", "eps", "silu", "device", "dtype", NULL};
-    PyObject *xo, *go, *bo;
+    static char *keywords[] = {"x", "groups", "gamma", "beta", "eps", "silu", "device", "dtype", "core", "apply", NULL};
+    PyObject *xo, *go, *bo, *core = Py_None, *apply_obj = Py_None;
     int groups, silu = 0;
     float eps;
     const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiOOf|pss", keywords, &xo, &groups, &go, &bo, &eps, &silu, &device,
-                                     &dtype_name))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiOOf|pssOO", keywords, &xo, &groups, &go, &bo, &eps, &silu, &device,
+                                     &dtype_name, &core, &apply_obj))
         return NULL;
     d3sr_dtype dtype;
     if (device_args(device, dtype_name, &dtype)) return NULL;
     PyArrayObject *x = float32_array(xo, "x", 4), *g = x ? float32_array(go, "gamma", 1) : NULL;
     PyArrayObject *b = g ? float32_array(bo, "beta", 1) : NULL;
     PyObject *y = NULL;
+    d3sr_norm_pool pool, *pooled = NULL;
+    PyArrayObject *apply = NULL, *collected = NULL;
     if (!b) goto done;
     npy_intp c = PyArray_DIM(x, 3);
     if (PyArray_DIM(g, 0) != c || PyArray_DIM(b, 0) != c) {
         PyErr_SetString(PyExc_ValueError, "group_norm: gamma and beta must have one value per channel");
         goto done;
     }
+    /* With core: one tile under a one-layer statistics pool, returning (y, collected). */
+    if (core != Py_None) {
+        if (groups < 1 || c % groups) {
+            PyErr_Format(PyExc_ValueError, "group_norm: %d channels do not split into %d groups", (int)c, groups);
+            goto done;
+        }
+        if (pool_args(core, apply_obj, (int)PyArray_DIM(x, 0), 1, groups, &pool, &apply, &collected)) goto done;
+        pooled = &pool;
+    }
     y = new_float32(4, PyArray_DIMS(x));
     if (!y) goto done;
     d3sr_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = d3sr_single_group_norm(device, dtype, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
-                                    (int)PyArray_DIM(x, 2), (int)c, groups, PyArray_DATA(g), PyArray_DATA(b), eps, silu,
-                                    PyArray_DATA((PyArrayObject *)y));
+    status = d3sr_single_group_norm_pooled(device, dtype, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
+                                           (int)PyArray_DIM(x, 2), (int)c, groups, PyArray_DATA(g), PyArray_DATA(b), eps,
+                                           silu, pooled, PyArray_DATA((PyArrayObject *)y));
     Py_END_ALLOW_THREADS
     if (status != D3SR_OK) {
         Py_CLEAR(y);
         raise_status(status);
+    } else if (collected) {
+        y = Py_BuildValue("(NO)", y, (PyObject *)collected);
     }
 done:
+    Py_XDECREF(apply);
+    Py_XDECREF(collected);
     Py_XDECREF(x);
     Py_XDECREF(g);
     Py_XDECREF(b);
@@ -860,6 +958,37 @@ static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
     return Py_BuildValue("(Os)", ok ? Py_True : Py_False, why);
 }
 
+/* color_fix(sr, ref, kind): sr [n, h, w, c] float32, C-contiguous and writable,
+ * corrected in place; kind 1 adain, 2 wavelet. */
+static PyObject *py_color_fix(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *sro, *refo;
+    int kind;
+    if (!PyArg_ParseTuple(args, "OOi", &sro, &refo, &kind)) return NULL;
+    if (!PyArray_Check(sro) || PyArray_TYPE((PyArrayObject *)sro) != NPY_FLOAT32 || PyArray_NDIM((PyArrayObject *)sro) != 4 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)sro) || !PyArray_ISWRITEABLE((PyArrayObject *)sro)) {
+        PyErr_SetString(PyExc_TypeError, "color_fix: sr must be a writable C-contiguous float32 array [n, h, w, c]");
+        return NULL;
+    }
+    PyArrayObject *sr = (PyArrayObject *)sro, *ref = float32_array(refo, "ref", 4);
+    if (!ref) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (PyArray_DIM(ref, i) != PyArray_DIM(sr, i)) {
+            Py_DECREF(ref);
+            PyErr_SetString(PyExc_ValueError, "color_fix: ref must have the shape of sr");
+            return NULL;
+        }
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_color_fix(PyArray_DATA(sr), PyArray_DATA(ref), (int)PyArray_DIM(sr, 0), (int)PyArray_DIM(sr, 1),
+                            (int)PyArray_DIM(sr, 2), (int)PyArray_DIM(sr, 3), (d3sr_color_fix_kind)kind);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ref);
+    if (status != D3SR_OK) return raise_status(status);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"vae_create", (PyCFunction)(void (*)(void))py_vae_create, METH_VARARGS | METH_KEYWORDS,
      "vae_create(config: dict, parts: int, device='cpu', dtype='fp32') -> Model"},
@@ -870,6 +999,8 @@ static PyMethodDef module_methods[] = {
     {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
      "conv2d(x [n,h,w,cin], weight [cout,cin,k,k], bias=None, stride=1, padding=(t,b,l,r), residual=None)"},
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS, "linear(x [rows,in], weight [out,in], bias=None)"},
+    {"color_fix", (PyCFunction)py_color_fix, METH_VARARGS,
+     "color_fix(sr [n,h,w,c] float32, ref, kind): StableSR's colour fix in place (1 adain, 2 wavelet)."},
     {"group_norm", (PyCFunction)(void (*)(void))py_group_norm, METH_VARARGS | METH_KEYWORDS,
      "group_norm(x [n,h,w,c], groups, gamma, beta, eps, silu=False)"},
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,

@@ -1,0 +1,181 @@
+"""The tiled generator: argument checks, OSEDiff's latent tiling, GroupNorm
+statistics pooled over tiles, StableSR's colour fix (references from
+tools/make_tiling_references.py) and tiled against untiled VAEs."""
+import os
+
+import numpy as np
+import pytest
+
+import d3sr
+from conftest import DATA, assert_close, load_reference, rel_l2
+from d3sr import color, testing, tiling
+from d3sr._native import _core
+
+CKPT = os.path.join(DATA, "generator_tiny")
+
+
+@pytest.fixture(scope="module")
+def upscaler():
+    return d3sr.Upscaler.load(CKPT)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return load_reference(os.path.join(DATA, "tiling", "reference.safetensors"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(latent_tile=100), "latent_tile"), (dict(latent_tile=8), "latent_tile"), (dict(latent_tile=96.0), "latent_tile"),
+    (dict(latent_tile=-96), "latent_tile"), (dict(latent_tile=True), "latent_tile"),
+    (dict(encoder_tile=1020), "encoder_tile"), (dict(encoder_tile=32), "encoder_tile"),
+    (dict(decoder_tile=4), "decoder_tile"), (dict(decoder_tile="224"), "decoder_tile"),
+    (dict(latent_overlap=96), "latent_overlap"), (dict(latent_tile=32, latent_overlap=40), "latent_overlap"),
+    (dict(latent_overlap=-1), "latent_overlap"), (dict(latent_overlap=1.5), "latent_overlap"),
+    (dict(color_fix="histogram"), "color_fix"), (dict(color_fix=1), "color_fix"),
+])
+def test_bad_tiling_arguments(upscaler, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        upscaler.upscale(np.zeros((8, 8, 3), np.uint8), **kwargs)
+
+
+def test_images_smaller_than_every_tile_are_unchanged(upscaler):
+    image = (testing.random_images((2, 3, 20, 26), seed=5).transpose(0, 2, 3, 1) + 1) / 2
+    default = upscaler.upscale(image, scale=2)
+    untiled = upscaler.upscale(image, scale=2, latent_tile=None, encoder_tile=None, decoder_tile=None)
+    assert np.array_equal(default, untiled)
+    ref = load_reference(os.path.join(CKPT, "reference.safetensors"))
+    assert np.array_equal(upscaler.upscale(ref["image"], scale=2),
+                          upscaler.upscale(ref["image"], scale=2, latent_tile=None, encoder_tile=None, decoder_tile=None))
+
+
+def test_latent_grid_and_weights_are_osediffs():
+    assert tiling.tile_starts(40, 24, 8) == [0, 16]
+    assert tiling.tile_starts(56, 24, 8) == [0, 16, 32]
+    assert tiling.tile_starts(100, 96, 32) == [0, 4]
+    assert tiling.tile_starts(96, 96, 32) == [0]
+    w = tiling.gaussian_weights(24, 24)
+    assert w.shape == (24, 24) and np.argmax(w[12]) in (11, 12) and np.argmax(w[:, 11]) == 12
+
+
+def test_latent_tiling_matches_osediff(ref):
+    unet = d3sr.UNet.load(os.path.join(DATA, "unet_sd2"))
+    t, tile, overlap = (int(v) for v in ref["latent.setting"])
+    context = ref["latent.context"]
+
+    def run(batch):
+        return unet(batch, t, np.ascontiguousarray(np.broadcast_to(context, (len(batch),) + context.shape[1:])))
+
+    for per_batch in (1, 4):
+        eps = tiling.unet_tiled(run, ref["latent.z"], tile, overlap, per_batch)
+        assert_close(eps, ref["latent.eps"], 1e-5, f"tiled UNet, {per_batch} tiles a batch")
+
+
+def test_upscale_tiles_the_latent_as_unet_tiled(upscaler):
+    image = (testing.random_images((1, 3, 20, 36), seed=6).transpose(0, 2, 3, 1) + 1) / 2
+    tiled = upscaler.upscale(image, scale=2, latent_tile=16, latent_overlap=8)
+    untiled = upscaler.upscale(image, scale=2)
+    assert tiled.shape == untiled.shape and not np.array_equal(tiled, untiled)
+
+
+def test_group_norm_fed_tile_by_tile_matches_torch(ref):
+    x = np.ascontiguousarray(ref["group_norm.x"].transpose(0, 2, 3, 1))      # [n, h, w, c]
+    gamma, beta = ref["group_norm.gamma"], ref["group_norm.beta"]
+    expected = ref["group_norm.y"].transpose(0, 2, 3, 1)
+    h, w = x.shape[1:3]
+    halo = 3
+    tiles = [((y0, y1, x0, x1), (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)))
+             for y0, y1 in ((0, 7), (7, 20)) for x0, x1 in ((0, 10), (10, 11), (11, 28))]
+
+    def run(apply):
+        out, collected = np.zeros_like(x), []
+        for (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) in tiles:
+            core = (y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0)
+            y, stats = _core.group_norm(np.ascontiguousarray(x[:, wy0:wy1, wx0:wx1]), 8, gamma, beta, 1e-6,
+                                        core=core, apply=apply)
+            out[:, y0:y1, x0:x1] = y[:, core[0]:core[1], core[2]:core[3]]
+            collected.append(stats)
+        return out, tiling.pool_statistics(collected)
+
+    own, pooled = run(None)
+    assert rel_l2(own, expected) > 1e-2            # each tile's own statistics differ
+    out, again = run(pooled)
+    assert_close(out, expected, 1e-5, "GroupNorm with pooled statistics")
+    np.testing.assert_allclose(again, pooled, rtol=1e-12)
+
+
+def test_group_norm_pool_arguments():
+    x = np.zeros((1, 4, 4, 8), np.float32)
+    g = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="core"):
+        _core.group_norm(x, 2, g, g, 1e-6, core=(0, 5, 0, 4))
+    with pytest.raises(ValueError, match="apply"):
+        _core.group_norm(x, 2, g, g, 1e-6, core=(0, 4, 0, 4), apply=np.zeros((1, 1, 3, 2)))
+
+
+@pytest.mark.parametrize("method", ["adain", "wavelet"])
+def test_color_fix_matches_stablesr(ref, method):
+    sr = ref["color.sr"].transpose(0, 2, 3, 1)
+    base = ref["color.ref"].transpose(0, 2, 3, 1)
+    out = color.color_fix(np.ascontiguousarray(sr), base, method)
+    assert_close(out, ref[f"color.{method}"].transpose(0, 2, 3, 1), 1e-5, method)
+    single = color.color_fix(np.array(sr[1]), base[1], method)
+    assert_close(single, ref[f"color.{method}"][1].transpose(1, 2, 0), 1e-5, f"{method}, one image")
+
+
+def test_color_fix_in_upscale(upscaler):
+    image = (testing.random_images((1, 3, 12, 14), seed=7).transpose(0, 2, 3, 1) + 1) / 2
+    plain = upscaler.upscale(image, scale=2)
+    reference = d3sr.images.bicubic(image, 2)
+    for method in ("adain", "wavelet"):
+        fixed = upscaler.upscale(image, scale=2, color_fix=method)
+        np.testing.assert_array_equal(fixed, color.color_fix(plain.copy(), reference, method))
+
+
+def small_vae(attention: bool):
+    config = {"block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
+              "latent_channels": 4, "mid_block_add_attention": attention}
+    vae = d3sr.VAE.from_config(config)
+    shapes = {name: shape for name, shape, _ in vae._model.weights()}
+    for name, array in testing.iter_random_weights(shapes, 0):
+        vae._model.set_weight(name, array)
+    return vae
+
+
+def test_vae_tiles_with_the_image_statistics_reproduce_the_whole_image():
+    """With every layer's statistics the whole image's, tiles cropped to their
+    cores reproduce the untiled VAE: the halos cover the receptive field and
+    each core's statistics pool to the image's exactly."""
+    vae = small_vae(attention=False)
+    x = testing.random_images((2, 3, 96, 136), seed=1)
+    mean, whole = vae._model.vae_encode_tile(x, (0, 96, 0, 136))
+    exact = tiling.pool_statistics([whole])
+    pooled = []
+
+    def run(window, core, apply):
+        return vae._model.vae_encode_tile(window, core, exact)
+
+    tiled = tiling.vae_tiled(run, x, mean.shape, 1 / 4, 32, tiling.encoder_halo(vae.config), 4, 0,
+                             pooled_out=pooled)
+    assert_close(tiled, mean, 1e-5, "tiled encoder, image statistics")
+    np.testing.assert_allclose(pooled[0], exact, rtol=1e-5, atol=1e-7)
+
+    z = mean
+    image, whole = vae._model.vae_decode_tile(z, (0, 24, 0, 34))
+    exact = tiling.pool_statistics([whole])
+
+    def run_decoder(window, core, apply):
+        return vae._model.vae_decode_tile(window, core, exact)
+
+    tiled = tiling.vae_tiled(run_decoder, z, image.shape, 4, 8, tiling.decoder_halo(vae.config), 1, 0)
+    assert_close(tiled, image, 1e-5, "tiled decoder, image statistics")
+
+
+def test_vae_tile_arguments():
+    vae = small_vae(attention=False)
+    x = testing.random_images((1, 3, 16, 16), seed=1)
+    with pytest.raises(ValueError, match="core"):
+        vae._model.vae_encode_tile(x, (0, 20, 0, 16))
+    with pytest.raises(ValueError, match="core"):
+        vae._model.vae_encode_tile(x, (0, 16, 3, 16))   # not on the latent grid
+    with pytest.raises(ValueError, match="apply"):
+        vae._model.vae_encode_tile(x, (0, 16, 0, 16), np.zeros((1, 2, 8, 2)))
