@@ -140,14 +140,12 @@ D3SR_API d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h
 
 /* ---- tiled VAE calls: GroupNorm statistics pooled over an image's tiles ---
  *
- * A tiled call runs one tile with its halo. The tile's core, rows [y0, y1) and
- * columns [x0, x1) of the call's input, is its share of the image: the cores of
- * an image's tiles partition it, so statistics over cores count every pixel
- * once. Each GroupNorm layer of the call, in call order (layer 0, 1, ...),
- * writes its input's statistics over the core (scaled to the layer's
- * resolution) to collect and normalises with apply, the image's pooled
- * statistics, instead of the tile's own. d3sr_vae_norm_layers gives the
- * layer count. */
+ * A tile runs its window: its core, rows [y0, y1) and columns [x0, x1) of
+ * the window, plus a halo. The cores of an image's tiles partition it, so
+ * statistics over cores count every pixel once. Under a pool, each GroupNorm
+ * layer (layer 0, 1, ... in call order) writes its input's statistics over
+ * the core (scaled to the layer's resolution) to collect, and normalises with
+ * apply, the image's pooled statistics, instead of the tile's own. */
 typedef struct {
     int y0, y1, x0, x1;
     int layers, groups;  /* entries of apply and collect per sample */
@@ -155,15 +153,16 @@ typedef struct {
     double *collect;     /* [n, layers, groups, 3] count, mean, M2 over the core; NULL: not wanted */
 } d3sr_norm_pool;
 
-/* GroupNorm layers of one encode (encode = 1) or decode call, and their groups. */
-D3SR_API int d3sr_vae_norm_layers(const d3sr_model *m, int encode);
-D3SR_API int d3sr_vae_norm_groups(const d3sr_model *m);
-
-/* d3sr_vae_encode and d3sr_vae_decode of one tile, as above. */
-D3SR_API d3sr_status d3sr_vae_encode_pooled(d3sr_model *m, const float *x, int n, int h, int w,
-                                            const d3sr_norm_pool *pool, float *mean);
-D3SR_API d3sr_status d3sr_vae_decode_pooled(d3sr_model *m, const float *z, int n, int h, int w,
-                                            const d3sr_norm_pool *pool, float *image);
+/* encode (encode = 1) or decode of a whole image x [n, c, h, w] in count tiles,
+ * one pass, every GroupNorm layer with the image's exact statistics (see
+ * models/tiles.h). tiles[i] = window y0, y1, x0, x1 then core y0, y1, x0, x1
+ * in x's pixels: the cores partition the image, each window holds its core
+ * and all windows have one size. park_half parks activations between layers
+ * as float16 instead of float32. parked_bytes (may be NULL) gets the most
+ * host memory parked at once. */
+D3SR_API d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w,
+                                        const int (*tiles)[8], int count, int park_half, float *out,
+                                        size_t *parked_bytes);
 
 /* ---- colour fix (StableSR's adain and wavelet) --------------------------- */
 

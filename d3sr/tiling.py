@@ -5,17 +5,15 @@ UNet: overlapping latent tiles blended with Gaussian weights, as OSEDiff
 
 VAE encoder and decoder: the image is cut into cores that partition it; each
 tile runs its core plus a halo as wide as the network's convolutional
-receptive field (so a cropped core never sees the tile's border; the mid
-block's attention stays within the tile), and every GroupNorm layer of every
+receptive field (so a cropped core never sees its window's border; the mid
+block's attention stays within the window), and every GroupNorm layer of every
 tile normalises with the statistics of the whole image, pooled over the cores
 (each pixel counted once; Chan's formula, so the spread between tile means is
-in). A layer's pooled statistics depend on the layers before it, so the tiles
-run `norm_passes` statistics passes: pass 1 normalises each tile with its own
-statistics and collects every layer's core statistics; each later pass
-normalises with the previous pass's pooled statistics. After pass k the first
-k layers' statistics are exact and the rest converge quickly (measured in
-benchmarks/tiling.py); the output pass normalises with the last pooled
-statistics. Memory holds one tile's activations and a few numbers per layer.
+in). The tiles run layer-synchronously in one pass (csrc/models/tiles.c): at
+each GroupNorm layer a tile adds its core's statistics and parks its live
+activations in host memory until all tiles have arrived. Iterating whole
+statistics passes instead does not converge (measured: benchmarks/tiling.py's
+notes in README).
 """
 from __future__ import annotations
 
@@ -28,7 +26,6 @@ COLOR_FIXES = (None, "adain", "wavelet")
 MIN_LATENT_TILE = 16    # latent pixels: the SD UNet halves the latent three times
 MIN_ENCODER_TILE = 64   # pixels
 MIN_DECODER_TILE = 16   # latent pixels
-DEFAULT_NORM_PASSES = 2
 
 
 def check_tile(value, name: str, minimum: int, multiple: int = 8) -> Optional[int]:
@@ -152,15 +149,22 @@ def split(size: int, tile: int, multiple: int) -> List[Tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(count)]
 
 
-def vae_tiles(h: int, w: int, tile: int, halo: int, multiple: int) -> List[Tuple[Tuple[int, int, int, int], Tuple[int, int, int, int]]]:
-    """(core, window) per tile: core (y0, y1, x0, x1) partitions the image;
-    window is the core plus the halo, clipped to the image."""
+def vae_windows(h: int, w: int, tile: int, halo: int, multiple: int) -> np.ndarray:
+    """[count, 8] int32: window (y0, y1, x0, x1) then core (y0, y1, x0, x1) per
+    tile, rows first. Cores partition the image (at most tile a side, on the
+    grid of multiple); every window has the same size, the largest core plus
+    the halo on both sides (clipped to the image), shifted inwards at the
+    image's edges, so all tiles share one activation plan."""
+    rows, cols = split(h, tile, multiple), split(w, tile, multiple)
+    wh = min(h, max(b - a for a, b in rows) + 2 * halo)
+    ww = min(w, max(b - a for a, b in cols) + 2 * halo)
     tiles = []
-    for y0, y1 in split(h, tile, multiple):
-        for x0, x1 in split(w, tile, multiple):
-            window = (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
-            tiles.append(((y0, y1, x0, x1), window))
-    return tiles
+    for y0, y1 in rows:
+        wy0 = min(max(0, y0 - halo), h - wh)
+        for x0, x1 in cols:
+            wx0 = min(max(0, x0 - halo), w - ww)
+            tiles.append((wy0, wy0 + wh, wx0, wx0 + ww, y0, y1, x0, x1))
+    return np.asarray(tiles, np.int32)
 
 
 def pool_statistics(collected: Sequence[np.ndarray]) -> np.ndarray:
@@ -175,38 +179,9 @@ def pool_statistics(collected: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([pooled_mean, pooled_m2 / total], -1)
 
 
-def vae_tiled(run_tile: Callable, x: np.ndarray, out_shape: Tuple[int, ...], factor: float, tile: int, halo: int,
-              multiple: int, norm_passes: int = DEFAULT_NORM_PASSES, progress=None,
-              pooled_out: Optional[list] = None) -> np.ndarray:
-    """A VAE stage over tiles of x [N, C, H, W]: run_tile(x_window, core, apply)
-    -> (output window, collected statistics); the output is factor times
-    the input's size (1/8 encoding, 8 decoding)."""
-    n, _, h, w = x.shape
-    tiles = vae_tiles(h, w, tile, halo, multiple)
-    out = np.empty(out_shape, np.float32)
-    apply = None
-    for p in range(norm_passes + 1):
-        last = p == norm_passes
-        collected = []
-        for (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) in tiles:
-            window = np.ascontiguousarray(x[:, :, wy0:wy1, wx0:wx1])
-            core = (y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0)
-            y, stats = run_tile(window, core, apply)
-            collected.append(stats)
-            if last:
-                out[:, :, int(y0 * factor):int(y1 * factor), int(x0 * factor):int(x1 * factor)] = \
-                    y[:, :, int(core[0] * factor):int(core[1] * factor), int(core[2] * factor):int(core[3] * factor)]
-            if progress is not None:
-                progress(1)
-        apply = pool_statistics(collected)
-        if pooled_out is not None:
-            pooled_out.append(apply)
-    return out
-
-
-def tile_count(h: int, w: int, tile: Optional[int], halo: int, multiple: int) -> int:
-    """Tiles one VAE stage runs per pass (1 when it does not tile)."""
+def tile_count(h: int, w: int, tile: Optional[int], multiple: int) -> int:
+    """Tiles one VAE stage runs (1 when it does not tile)."""
     if tile is None or (h <= tile and w <= tile):
         return 1
-    return len(vae_tiles(h, w, tile, halo, multiple))
+    return len(split(h, tile, multiple)) * len(split(w, tile, multiple))
 

@@ -69,7 +69,8 @@ class Upscaler:
         when the image is larger than its tile; None turns its tiling off.
         color_fix: None, 'adain' or 'wavelet' (StableSR's), against the
         bicubic-upsampled input. progress: called with the number of tiles each
-        step finished (see progress_steps)."""
+        step finished (progress_steps gives the total; a VAE stage reports its
+        tiles when it ends)."""
         images, single, is_uint8 = as_image_batch(image)
         if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
@@ -88,7 +89,8 @@ class Upscaler:
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))              # [N, 3, H', W'] in [-1, 1]
         _, _, ph, pw = x.shape
         if _larger(ph, pw, encoder_tile):
-            z = self.vae.encode_tiled(x, encoder_tile, progress=progress)
+            z = self.vae.encode_tiled(x, encoder_tile)
+            _report(progress, tiling.tile_count(ph, pw, encoder_tile, self.vae.downscale))
         else:
             z = self.vae.encode(x)
         z *= np.float32(self.scaling_factor)                             # z_L
@@ -98,7 +100,8 @@ class Upscaler:
         del z, eps
         z_h /= np.float32(self.scaling_factor)
         if _larger(z_h.shape[2], z_h.shape[3], decoder_tile):
-            decoded = self.vae.decode_tiled(z_h, decoder_tile, progress=progress)
+            decoded = self.vae.decode_tiled(z_h, decoder_tile)
+            _report(progress, tiling.tile_count(z_h.shape[2], z_h.shape[3], decoder_tile, 1))
         else:
             decoded = self.vae.decode(z_h)
         del z_h
@@ -119,14 +122,10 @@ class Upscaler:
         h, w = int(shape[0]) * scale, int(shape[1]) * scale
         f = self.vae.downscale
         ph, pw = -(-h // f) * f, -(-w // f) * f
-        steps = 0
-        if _larger(ph, pw, encoder_tile):
-            steps += (tiling.DEFAULT_NORM_PASSES + 1) * tiling.tile_count(ph, pw, encoder_tile, 0, f)
         lh, lw = ph // f, pw // f
-        if _larger(lh, lw, latent_tile):
-            steps += len(tiling.latent_tiles(lh, lw, latent_tile, latent_overlap))
-        if _larger(lh, lw, decoder_tile):
-            steps += (tiling.DEFAULT_NORM_PASSES + 1) * tiling.tile_count(lh, lw, decoder_tile, 0, 1)
+        steps = tiling.tile_count(ph, pw, encoder_tile, f) if _larger(ph, pw, encoder_tile) else 0
+        steps += len(tiling.latent_tiles(lh, lw, latent_tile, latent_overlap)) if _larger(lh, lw, latent_tile) else 0
+        steps += tiling.tile_count(lh, lw, decoder_tile, 1) if _larger(lh, lw, decoder_tile) else 0
         return steps
 
     def _unet_eps(self, z: np.ndarray, tile: Optional[int], overlap: int, progress) -> np.ndarray:
@@ -152,6 +151,11 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler(timestep={self.timestep}, latent_formula={self.latent_formula!r}, "
                 f"device={self.vae.device!r}, dtype={self.vae.dtype!r})")
+
+
+def _report(progress, steps: int) -> None:
+    if progress is not None:
+        progress(steps)
 
 
 def _larger(h: int, w: int, tile: Optional[int]) -> bool:

@@ -141,41 +141,59 @@ def small_vae(attention: bool):
     return vae
 
 
-def test_vae_tiles_with_the_image_statistics_reproduce_the_whole_image():
-    """With every layer's statistics the whole image's, tiles cropped to their
-    cores reproduce the untiled VAE: the halos cover the receptive field and
-    each core's statistics pool to the image's exactly."""
+@pytest.mark.parametrize("park, tol", [("float32", 1e-5), ("float16", 3e-3)])
+def test_tiled_vae_without_attention_equals_untiled(park, tol):
+    """Without the mid block's attention (the one thing a tile cannot see
+    across its window), tiles with halos and pooled GroupNorm statistics
+    reproduce the untiled VAE."""
     vae = small_vae(attention=False)
     x = testing.random_images((2, 3, 96, 136), seed=1)
-    mean, whole = vae._model.vae_encode_tile(x, (0, 96, 0, 136))
-    exact = tiling.pool_statistics([whole])
-    pooled = []
-
-    def run(window, core, apply):
-        return vae._model.vae_encode_tile(window, core, exact)
-
-    tiled = tiling.vae_tiled(run, x, mean.shape, 1 / 4, 32, tiling.encoder_halo(vae.config), 4, 0,
-                             pooled_out=pooled)
-    assert_close(tiled, mean, 1e-5, "tiled encoder, image statistics")
-    np.testing.assert_allclose(pooled[0], exact, rtol=1e-5, atol=1e-7)
-
-    z = mean
-    image, whole = vae._model.vae_decode_tile(z, (0, 24, 0, 34))
-    exact = tiling.pool_statistics([whole])
-
-    def run_decoder(window, core, apply):
-        return vae._model.vae_decode_tile(window, core, exact)
-
-    tiled = tiling.vae_tiled(run_decoder, z, image.shape, 4, 8, tiling.decoder_halo(vae.config), 1, 0)
-    assert_close(tiled, image, 1e-5, "tiled decoder, image statistics")
+    mean = vae.encode(x)
+    tiled = vae.encode_tiled(x, 32, park=park)
+    assert tiling.tile_count(96, 136, 32, 4) == 15
+    assert_close(tiled, mean, tol, f"tiled encoder, parked as {park}")
+    image = vae.decode(mean)
+    assert_close(vae.decode_tiled(mean, 8, park=park), image, tol, f"tiled decoder, parked as {park}")
 
 
-def test_vae_tile_arguments():
+def test_tiled_vae_with_attention_is_close():
+    vae = small_vae(attention=True)
+    x = testing.random_images((1, 3, 96, 136), seed=2)
+    mean = vae.encode(x)
+    assert rel_l2(vae.encode_tiled(x, 48), mean) < 0.05
+    image = vae.decode(mean)
+    assert rel_l2(vae.decode_tiled(mean, 12), image) < 0.05
+
+
+def test_vae_windows():
+    tiles = tiling.vae_windows(96, 136, 32, 20, 4)
+    windows, cores = tiles[:, :4], tiles[:, 4:]
+    assert len({(b - a, d - c) for a, b, c, d in windows}) == 1
+    covered = np.zeros((96, 136), int)
+    for (wy0, wy1, wx0, wx1), (y0, y1, x0, x1) in zip(windows, cores):
+        covered[y0:y1, x0:x1] += 1
+        assert wy0 <= max(0, y0 - 20) and wy1 >= min(96, y1 + 20)
+        assert wx0 <= max(0, x0 - 20) and wx1 >= min(136, x1 + 20)
+    assert (covered == 1).all() and (tiles % 4 == 0).all()
+
+
+@pytest.mark.parametrize("tiles, match", [
+    ([[0, 16, 0, 16, 0, 16, 0, 8]], "cover"),
+    ([[0, 16, 0, 12, 0, 16, 0, 8], [0, 16, 0, 16, 0, 16, 8, 16]], "one size"),
+    ([[0, 16, 0, 16, 0, 16, 0, 12], [0, 16, 0, 16, 0, 16, 8, 16]], "overlap"),
+    ([[0, 16, 0, 16, 0, 16, 0, 6], [0, 16, 0, 16, 0, 16, 6, 16]], "multiples of 4"),
+    ([[0, 20, 0, 16, 0, 16, 0, 16]], "window"),
+    ([[0, 16, 0, 16]], r"\[count, 8\]"),
+])
+def test_bad_tiles(tiles, match):
     vae = small_vae(attention=False)
-    x = testing.random_images((1, 3, 16, 16), seed=1)
-    with pytest.raises(ValueError, match="core"):
-        vae._model.vae_encode_tile(x, (0, 20, 0, 16))
-    with pytest.raises(ValueError, match="core"):
-        vae._model.vae_encode_tile(x, (0, 16, 3, 16))   # not on the latent grid
-    with pytest.raises(ValueError, match="apply"):
-        vae._model.vae_encode_tile(x, (0, 16, 0, 16), np.zeros((1, 2, 8, 2)))
+    with pytest.raises(ValueError, match=match):
+        vae._model.vae_run_tiled(np.zeros((1, 3, 16, 16), np.float32), np.asarray(tiles, np.int32), True, False)
+
+
+def test_bad_tiled_vae_arguments():
+    vae = small_vae(attention=False)
+    with pytest.raises(ValueError, match="tile"):
+        vae.encode_tiled(np.zeros((1, 3, 16, 16), np.float32), 12)
+    with pytest.raises(ValueError, match="park"):
+        vae.decode_tiled(np.zeros((1, 4, 16, 16), np.float32), 8, park="bf16")

@@ -16,6 +16,7 @@
 
 #include "blocks.h"
 #include "model.h"
+#include "tiles.h"
 
 #define VAE_EPS 1e-6f
 
@@ -290,38 +291,6 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
     return D3SR_OK;
 }
 
-/* Sets up ctx->pooling for a tiled call; frees its scratch in pooling_end. */
-static d3sr_status pooling_begin(d3sr_ctx *ctx, const d3sr_norm_pool *pool, int layers, int groups, int n, int h, int w)
-{
-    memset(&ctx->pooling, 0, sizeof ctx->pooling);
-    if (!pool) return D3SR_OK;
-    if (pool->layers != layers || pool->groups != groups)
-        return d3sr_fail(D3SR_ERR_VALUE, "the statistics pool holds %d layers of %d groups, this call runs %d of %d",
-                         pool->layers, pool->groups, layers, groups);
-    if (pool->y0 < 0 || pool->y1 > h || pool->y0 >= pool->y1 || pool->x0 < 0 || pool->x1 > w || pool->x0 >= pool->x1)
-        return d3sr_fail(D3SR_ERR_VALUE, "the tile's core [%d, %d) x [%d, %d) is empty or outside the %d x %d input",
-                         pool->y0, pool->y1, pool->x0, pool->x1, h, w);
-    ctx->pooling.mean_rstd = malloc((size_t)n * groups * 2 * sizeof(float));
-    ctx->pooling.stats = malloc((size_t)n * groups * 3 * sizeof(double));
-    if (!ctx->pooling.mean_rstd || !ctx->pooling.stats) {
-        free(ctx->pooling.mean_rstd);
-        free(ctx->pooling.stats);
-        memset(&ctx->pooling, 0, sizeof ctx->pooling);
-        return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory for GroupNorm statistics");
-    }
-    ctx->pooling.pool = pool;
-    ctx->pooling.in_h = h;
-    ctx->pooling.in_w = w;
-    return D3SR_OK;
-}
-
-static void pooling_end(d3sr_ctx *ctx)
-{
-    free(ctx->pooling.mean_rstd);
-    free(ctx->pooling.stats);
-    memset(&ctx->pooling, 0, sizeof ctx->pooling);
-}
-
 /* GroupNorm layers one pass runs, in the order the forwards above call them. */
 static int count_norm_layers(const vae *v, int encode)
 {
@@ -331,21 +300,8 @@ static int count_norm_layers(const vae *v, int encode)
     return resnets * per_resnet + mid + 1; /* + conv_norm_out */
 }
 
-int d3sr_vae_norm_layers(const d3sr_model *m, int encode)
-{
-    if (!m || m->kind != D3SR_MODEL_VAE) return 0;
-    return count_norm_layers(m->impl, encode);
-}
-
-int d3sr_vae_norm_groups(const d3sr_model *m)
-{
-    if (!m || m->kind != D3SR_MODEL_VAE) return 0;
-    return ((const vae *)m->impl)->cfg.norm_num_groups;
-}
-
 static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_status (*forward)(d3sr_ctx *, void *),
-                           const float *input, int n, int channels, int h, int w, int multiple,
-                           const d3sr_norm_pool *pool, float *output)
+                           const float *input, int n, int channels, int h, int w, int multiple, float *output)
 {
     vae *v = m->impl;
     D3SR_CHECK(d3sr_model_enter(m, D3SR_MODEL_VAE, what));
@@ -359,17 +315,10 @@ static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_statu
         status = d3sr_fail(D3SR_ERR_VALUE, "%s: height and width must be multiples of %d, got %d x %d", what, multiple, h, w);
     else
         status = d3sr_check_finite(input, (size_t)n * channels * h * w, what);
-    if (status == D3SR_OK)
-        status = pooling_begin(&m->ctx, pool, count_norm_layers(v, part == D3SR_VAE_ENCODER), v->cfg.norm_num_groups,
-                               n, h, w);
     if (status == D3SR_OK) {
         vae_call call = {v, input, n, h, w, output};
         status = d3sr_ctx_run(&m->ctx, forward, &call);
-        if (status == D3SR_OK && pool && m->ctx.pooling.next != pool->layers)
-            status = d3sr_fail(D3SR_ERR_VALUE, "%s ran %d GroupNorm layers, %d were counted", what,
-                               m->ctx.pooling.next, pool->layers);
     }
-    pooling_end(&m->ctx);
     d3sr_model_leave(m);
     return status;
 }
@@ -404,29 +353,149 @@ d3sr_status d3sr_vae_output_shape(const d3sr_model *m, int encode, const int64_t
     return D3SR_OK;
 }
 
-d3sr_status d3sr_vae_encode_pooled(d3sr_model *m, const float *x, int n, int h, int w, const d3sr_norm_pool *pool,
-                                   float *mean)
+d3sr_status d3sr_vae_encode(d3sr_model *m, const float *x, int n, int h, int w, float *mean)
 {
     if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_encode needs a VAE");
     const vae *v = m->impl;
     int factor = 1 << (v->cfg.num_levels - 1);
-    return vae_run(m, D3SR_VAE_ENCODER, "encode", encode_forward, x, n, v->cfg.in_channels, h, w, factor, pool, mean);
-}
-
-d3sr_status d3sr_vae_decode_pooled(d3sr_model *m, const float *z, int n, int h, int w, const d3sr_norm_pool *pool,
-                                   float *image)
-{
-    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_decode needs a VAE");
-    const vae *v = m->impl;
-    return vae_run(m, D3SR_VAE_DECODER, "decode", decode_forward, z, n, v->cfg.latent_channels, h, w, 1, pool, image);
-}
-
-d3sr_status d3sr_vae_encode(d3sr_model *m, const float *x, int n, int h, int w, float *mean)
-{
-    return d3sr_vae_encode_pooled(m, x, n, h, w, NULL, mean);
+    return vae_run(m, D3SR_VAE_ENCODER, "encode", encode_forward, x, n, v->cfg.in_channels, h, w, factor, mean);
 }
 
 d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w, float *image)
 {
-    return d3sr_vae_decode_pooled(m, z, n, h, w, NULL, image);
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_decode needs a VAE");
+    const vae *v = m->impl;
+    return vae_run(m, D3SR_VAE_DECODER, "decode", decode_forward, z, n, v->cfg.latent_channels, h, w, 1, image);
+}
+/* ---- tiled calls ---------------------------------------------------------- */
+
+typedef struct {
+    const vae *v;
+    int encode, n, channels, h, w;       /* the whole input */
+    int out_channels, scale_num, scale_den; /* output size = input size * num / den */
+    const float *input;                  /* borrowed: [n, channels, h, w] */
+    float *output;                       /* borrowed: [n, out_channels, h * num / den, w * num / den] */
+    const int (*tiles)[8];
+    vae_call *calls;                     /* owned: [count]; input and output windows owned */
+} tiled_vae;
+
+static void copy_window(const float *src, int n, int c, int h, int w, int y0, int y1, int x0, int x1, float *dst)
+{
+    const int wh = y1 - y0, ww = x1 - x0;
+    for (int i = 0; i < n * c; i++)
+        for (int y = 0; y < wh; y++)
+            memcpy(dst + ((size_t)i * wh + y) * ww, src + ((size_t)i * h + y0 + y) * w + x0, (size_t)ww * sizeof *dst);
+}
+
+/* Copies tile i's core out of its output window into the image and frees the window. */
+static d3sr_status finish_tile(int i, void *user)
+{
+    tiled_vae *t = user;
+    const int *tile = t->tiles[i];
+    const int num = t->scale_num, den = t->scale_den;
+    const int oh = t->h * num / den, ow = t->w * num / den;
+    const int wy0 = tile[0] * num / den, wx0 = tile[2] * num / den, wh = (tile[1] - tile[0]) * num / den,
+              ww = (tile[3] - tile[2]) * num / den;
+    const int cy0 = tile[4] * num / den, cy1 = tile[5] * num / den, cx0 = tile[6] * num / den, cx1 = tile[7] * num / den;
+    vae_call *call = &t->calls[i];
+    for (int k = 0; k < t->n * t->out_channels; k++)
+        for (int y = cy0; y < cy1; y++)
+            memcpy(t->output + ((size_t)k * oh + y) * ow + cx0, call->output + ((size_t)k * wh + y - wy0) * ww + cx0 - wx0,
+                   (size_t)(cx1 - cx0) * sizeof(float));
+    free((void *)call->input);
+    free(call->output);
+    call->input = NULL;
+    call->output = NULL;
+    return D3SR_OK;
+}
+
+static d3sr_status check_tiles(const int (*tiles)[8], int count, int h, int w, int multiple)
+{
+    if (count < 1) return d3sr_fail(D3SR_ERR_VALUE, "tiles: none given");
+    long long covered = 0;
+    for (int i = 0; i < count; i++) {
+        const int *t = tiles[i];
+        if (t[1] - t[0] != tiles[0][1] - tiles[0][0] || t[3] - t[2] != tiles[0][3] - tiles[0][2])
+            return d3sr_fail(D3SR_ERR_VALUE, "tiles: window %d is %d x %d, window 0 %d x %d; all must have one size", i,
+                             t[1] - t[0], t[3] - t[2], tiles[0][1] - tiles[0][0], tiles[0][3] - tiles[0][2]);
+        if (t[0] < 0 || t[1] > h || t[2] < 0 || t[3] > w || t[4] < t[0] || t[5] > t[1] || t[6] < t[2] || t[7] > t[3] ||
+            t[4] >= t[5] || t[6] >= t[7])
+            return d3sr_fail(D3SR_ERR_VALUE, "tiles: tile %d's window must lie in the %d x %d input and hold its core", i, h, w);
+        for (int j = 0; j < 8; j++)
+            if (t[j] % multiple)
+                return d3sr_fail(D3SR_ERR_VALUE, "tiles: tile %d's bounds must be multiples of %d", i, multiple);
+        for (int j = 0; j < i; j++) {
+            const int *u = tiles[j];
+            if (t[4] < u[5] && u[4] < t[5] && t[6] < u[7] && u[6] < t[7])
+                return d3sr_fail(D3SR_ERR_VALUE, "tiles: the cores of tiles %d and %d overlap", j, i);
+        }
+        covered += (long long)(t[5] - t[4]) * (t[7] - t[6]);
+    }
+    if (covered != (long long)h * w) return d3sr_fail(D3SR_ERR_VALUE, "tiles: the cores do not cover the %d x %d input", h, w);
+    return D3SR_OK;
+}
+
+d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w, const int (*tiles)[8],
+                               int count, int park_half, float *out, size_t *parked_bytes)
+{
+    if (parked_bytes) *parked_bytes = 0;
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_run_tiled needs a VAE");
+    vae *v = m->impl;
+    const d3sr_vae_config *c = &v->cfg;
+    const int part = encode ? D3SR_VAE_ENCODER : D3SR_VAE_DECODER, factor = 1 << (c->num_levels - 1);
+    const char *what = encode ? "encode" : "decode";
+    tiled_vae t = {v, encode, n, encode ? c->in_channels : c->latent_channels, h, w,
+                   encode ? c->latent_channels : c->out_channels, encode ? 1 : factor, encode ? factor : 1,
+                   x, out, tiles, NULL};
+    D3SR_CHECK(d3sr_model_enter(m, D3SR_MODEL_VAE, what));
+    d3sr_status status = D3SR_OK;
+    if (!(v->parts & part))
+        status = d3sr_fail(D3SR_ERR_VALUE, "%s: this VAE was loaded without its %s", what, encode ? "encoder" : "decoder");
+    else if (n < 1 || h < 1 || w < 1)
+        status = d3sr_fail(D3SR_ERR_VALUE, "%s: the input is empty", what);
+    else
+        status = check_tiles(tiles, count, h, w, encode ? factor : 1);
+    if (status == D3SR_OK) status = d3sr_check_finite(x, (size_t)n * t.channels * h * w, what);
+    if (status == D3SR_OK) {
+        t.calls = calloc((size_t)count, sizeof *t.calls);
+        if (!t.calls) status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory", what);
+    }
+    void **args = status == D3SR_OK ? calloc((size_t)count, sizeof *args) : NULL;
+    int (*cores)[4] = status == D3SR_OK ? calloc((size_t)count, sizeof *cores) : NULL;
+    if (status == D3SR_OK && (!args || !cores)) status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory", what);
+    const int wh = tiles[0][1] - tiles[0][0], ww = tiles[0][3] - tiles[0][2];
+    const size_t out_window = (size_t)n * t.out_channels * ((size_t)wh * t.scale_num / t.scale_den) *
+                              ((size_t)ww * t.scale_num / t.scale_den);
+    for (int i = 0; status == D3SR_OK && i < count; i++) {
+        const int *tile = tiles[i];
+        float *in = malloc((size_t)n * t.channels * wh * ww * sizeof *in);
+        float *o = malloc(out_window * sizeof *o); /* pages are touched only when the tile's output arrives */
+        t.calls[i] = (vae_call){v, in, n, wh, ww, o};
+        args[i] = &t.calls[i];
+        if (!in || !o) {
+            status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory for tile windows", what);
+            break;
+        }
+        copy_window(x, n, t.channels, h, w, tile[0], tile[1], tile[2], tile[3], in);
+        cores[i][0] = tile[4] - tile[0];
+        cores[i][1] = tile[5] - tile[0];
+        cores[i][2] = tile[6] - tile[2];
+        cores[i][3] = tile[7] - tile[2];
+    }
+    if (status == D3SR_OK) {
+        d3sr_tiles_job job = {encode ? encode_forward : decode_forward, args, (const int (*)[4])cores, count, n,
+                              count_norm_layers(v, encode), c->norm_num_groups, wh, ww, park_half, finish_tile, &t};
+        d3sr_tiles_report report = {0};
+        status = d3sr_tiles_run(&m->ctx, &job, &report);
+        if (parked_bytes) *parked_bytes = report.parked_peak_bytes;
+    }
+    for (int i = 0; t.calls && i < count; i++) {
+        free((void *)t.calls[i].input);
+        free(t.calls[i].output);
+    }
+    free(t.calls);
+    free(args);
+    free(cores);
+    d3sr_model_leave(m);
+    return status;
 }

@@ -400,18 +400,22 @@ d3sr_status d3sr_group_norm_pooled(d3sr_ctx *ctx, const d3sr_tensor *x, const d3
         region[3] > x->w)
         return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the core [%d, %d) x [%d, %d) is empty or outside the %d x %d layer",
                          region[0], region[1], region[2], region[3], x->h, x->w);
-    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (d3sr_ctx_planning(ctx)) return d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out);
     if (!ctx->backend->group_stats || !ctx->backend->group_norm_with)
         return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the %s backend has no pooled GroupNorm", ctx->backend->name);
-    double start = profile_begin(ctx);
     const size_t per_sample = (size_t)pool->layers * groups;
     if (pool->collect) {
-        D3SR_CHECK(ctx->backend->group_stats(ctx, x, groups, region, pooling->stats));
+        double start = profile_begin(ctx);
+        D3SR_CHECK(profile_end(ctx, D3SR_OP_GROUP_NORM, start,
+                               ctx->backend->group_stats(ctx, x, groups, region, pooling->stats)));
         for (int n = 0; n < x->n; n++)
             memcpy(pool->collect + ((size_t)n * per_sample + (size_t)layer * groups) * 3,
                    pooling->stats + (size_t)n * groups * 3, (size_t)groups * 3 * sizeof(double));
     }
+    /* The output is allocated after the barrier, so a parked tile holds only what it still needs. */
+    if (pooling->barrier) D3SR_CHECK(pooling->barrier(ctx, pooling->barrier_user));
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
+    double start = profile_begin(ctx);
     d3sr_status status;
     if (pool->apply) {
         for (int n = 0; n < x->n; n++)

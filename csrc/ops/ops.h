@@ -14,6 +14,7 @@
 #include "../core/tensor.h"
 
 typedef struct d3sr_backend d3sr_backend;
+typedef struct d3sr_ctx d3sr_ctx;
 
 /* Intermediate activations copied to the host while a call runs, for
  * block-by-block comparison with a reference and for inspection. */
@@ -53,10 +54,15 @@ typedef struct {
     int next;
     float *mean_rstd;           /* owned by the caller: host [n, groups, 2] scratch */
     double *stats;              /* owned by the caller: host [n, groups, 3] scratch */
+    /* Called after a layer's statistics are collected and before they are
+     * applied (NULL: none): where the tiles of one image wait for each other
+     * (models/tiles.c). */
+    d3sr_status (*barrier)(d3sr_ctx *ctx, void *user);
+    void *barrier_user;
 } d3sr_norm_pooling;
 
 /* One model's execution state: backend, activation arena and scratch. */
-typedef struct d3sr_ctx {
+struct d3sr_ctx {
     const d3sr_backend *backend; /* borrowed: static table of the backend */
     void *backend_state;         /* owned by the backend (CUDA handles, stream); NULL on CPU */
     d3sr_dtype dtype;            /* activation dtype: F32 on CPU */
@@ -66,7 +72,7 @@ typedef struct d3sr_ctx {
     d3sr_capture capture;
     d3sr_profile profile;
     d3sr_norm_pooling pooling;   /* GroupNorm statistics of a tiled call (pool NULL otherwise) */
-} d3sr_ctx;
+};
 
 /* A convolution, weights in the backend's layout. */
 typedef struct {

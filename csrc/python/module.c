@@ -256,50 +256,56 @@ static int pool_args(PyObject *core, PyObject *apply_obj, int n, int layers, int
     return 0;
 }
 
-/* vae_encode/decode of one tile: (output, collected statistics). */
-static PyObject *vae_tile_call(ModelObject *self, PyObject *args, int encode)
+/* vae_run_tiled(x, tiles [count, 8] int, encode, park_half) -> (output, parked bytes). */
+static PyObject *model_vae_run_tiled(ModelObject *self, PyObject *args)
 {
-    PyObject *obj, *core, *apply_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OO|O", &obj, &core, &apply_obj)) return NULL;
+    PyObject *obj, *tiles_obj;
+    int encode, park_half;
+    if (!PyArg_ParseTuple(args, "OOpp", &obj, &tiles_obj, &encode, &park_half)) return NULL;
     PyArrayObject *x = float32_array(obj, encode ? "x" : "z", 4);
     if (!x) return NULL;
+    PyArrayObject *tiles = (PyArrayObject *)PyArray_FROM_OTF(tiles_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    if (!tiles) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    PyArrayObject *y = NULL;
+    if (PyArray_NDIM(tiles) != 2 || PyArray_DIM(tiles, 1) != 8 || PyArray_DIM(tiles, 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "tiles must have shape [count, 8]: window y0, y1, x0, x1, core y0, y1, x0, x1");
+        goto done;
+    }
     int64_t in[4], out[4];
     for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
     d3sr_status status = d3sr_vae_output_shape(self->model, encode, in, out);
     if (status != D3SR_OK) {
-        Py_DECREF(x);
-        return raise_status(status);
-    }
-    d3sr_norm_pool pool;
-    PyArrayObject *apply, *collected;
-    int layers = d3sr_vae_norm_layers(self->model, encode), n = (int)in[0], h = (int)in[2], w = (int)in[3];
-    if (pool_args(core, apply_obj, n, layers, d3sr_vae_norm_groups(self->model), &pool, &apply, &collected)) {
-        Py_DECREF(x);
-        return NULL;
+        raise_status(status);
+        goto done;
     }
     npy_intp dims[4] = {(npy_intp)out[0], (npy_intp)out[1], (npy_intp)out[2], (npy_intp)out[3]};
-    PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
-    if (y) {
-        const float *xd = PyArray_DATA(x);
-        float *yd = PyArray_DATA(y);
-        if (encode) {
-            RUN_LOCKED(self, d3sr_vae_encode_pooled(self->model, xd, n, h, w, &pool, yd));
-        } else {
-            RUN_LOCKED(self, d3sr_vae_decode_pooled(self->model, xd, n, h, w, &pool, yd));
-        }
+    y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (!y) goto done;
+    size_t parked = 0;
+    const float *xd = PyArray_DATA(x);
+    const int (*td)[8] = (const int (*)[8])PyArray_DATA(tiles);
+    int count = (int)PyArray_DIM(tiles, 0);
+    float *yd = PyArray_DATA(y);
+    RUN_LOCKED(self, d3sr_vae_run_tiled(self->model, encode, xd, (int)in[0], (int)in[2], (int)in[3], td, count, park_half,
+                                        yd, &parked));
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+        goto done;
     }
     Py_DECREF(x);
-    Py_XDECREF(apply);
-    if (!y || status != D3SR_OK) {
-        Py_XDECREF(y);
-        Py_DECREF(collected);
-        return y ? raise_status(status) : NULL;
-    }
-    return Py_BuildValue("(NN)", (PyObject *)y, (PyObject *)collected);
+    Py_DECREF(tiles);
+    return Py_BuildValue("(Nn)", (PyObject *)y, (Py_ssize_t)parked);
+done:
+    Py_DECREF(x);
+    Py_DECREF(tiles);
+    Py_XDECREF(y);
+    return NULL;
 }
 
-static PyObject *model_vae_encode_tile(ModelObject *self, PyObject *args) { return vae_tile_call(self, args, 1); }
-static PyObject *model_vae_decode_tile(ModelObject *self, PyObject *args) { return vae_tile_call(self, args, 0); }
 
 static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -459,10 +465,8 @@ static PyMethodDef model_methods[] = {
     {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
     {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
-    {"vae_encode_tile", (PyCFunction)model_vae_encode_tile, METH_VARARGS,
-     "vae_encode_tile(x, core (y0, y1, x0, x1), apply=None) -> (mean, GroupNorm statistics over the core)."},
-    {"vae_decode_tile", (PyCFunction)model_vae_decode_tile, METH_VARARGS,
-     "vae_decode_tile(z, core (y0, y1, x0, x1), apply=None) -> (image, GroupNorm statistics over the core)."},
+    {"vae_run_tiled", (PyCFunction)model_vae_run_tiled, METH_VARARGS,
+     "vae_run_tiled(x, tiles [count, 8], encode, park_half) -> (output, most bytes parked): one pass, pooled GroupNorm."},
     {"head_forward", (PyCFunction)model_head_forward, METH_O, "head_forward(features [N, C, h, w]) -> logits [N, 1, h, w]"},
     {"unet_forward", (PyCFunction)(void (*)(void))model_unet_forward, METH_VARARGS | METH_KEYWORDS,
      "unet_forward(sample, timesteps [N], encoder_hidden_states [N, L, D], text_embeds=None, time_ids=None)"},
