@@ -251,6 +251,7 @@ def write_image(path: str, image) -> None:
 
 def run_upscale(args) -> int:
     import d3sr
+    from tqdm import tqdm
 
     inputs = _images_in(args.inputs)
     to_folder = len(inputs) > 1 or os.path.isdir(args.inputs[0]) or os.path.isdir(args.output)
@@ -259,16 +260,33 @@ def run_upscale(args) -> int:
     start = time.perf_counter()
     upscaler = d3sr.Upscaler.load(args.checkpoint, device=args.device, dtype=args.dtype)
     print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    for i, path in enumerate(inputs):
+    tiles = {"latent_tile": args.latent_tile, "latent_overlap": args.latent_overlap,
+             "encoder_tile": args.encoder_tile, "decoder_tile": args.decoder_tile}
+    color_fix = None if args.color_fix == "none" else args.color_fix
+    images = tqdm(inputs, unit="image", disable=len(inputs) < 2, file=sys.stderr)
+    for path in images:
         image = read_rgb(path)
         start = time.perf_counter()
-        out = upscaler.upscale(image, scale=args.scale)
+        steps = upscaler.progress_steps(image.shape, args.scale, **tiles)
+        with tqdm(total=steps, unit="tile", leave=False, disable=steps == 0, file=sys.stderr,
+                  desc=os.path.basename(path)) as bar:
+            out = upscaler.upscale(image, scale=args.scale, color_fix=color_fix, progress=bar.update, **tiles)
         target = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png") if to_folder \
             else args.output
         write_image(target, out)
-        print(f"[{i + 1}/{len(inputs)}] {path} {image.shape[1]}x{image.shape[0]} -> {target} "
-              f"{out.shape[1]}x{out.shape[0]} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+        images.write(f"{path} {image.shape[1]}x{image.shape[0]} -> {target} {out.shape[1]}x{out.shape[0]} "
+                     f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     return 0
+
+
+def _tile_size(text: str):
+    """A tile size on the command line: an integer, or 'none' for no tiling."""
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
 def run_make_checkpoint(args) -> int:
@@ -321,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                    help="default: fp32 on the CPU, bf16 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--latent-tile", type=_tile_size, default=96,
+                   help="UNet tile in latent pixels, a multiple of 8, or 'none' (default 96, as OSEDiff)")
+    p.add_argument("--latent-overlap", type=int, default=32, help="overlap of UNet tiles in latent pixels (default 32)")
+    p.add_argument("--encoder-tile", type=_tile_size, default=1024,
+                   help="VAE encoder tile in pixels, a multiple of 8, or 'none' (default 1024)")
+    p.add_argument("--decoder-tile", type=_tile_size, default=224,
+                   help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default 224)")
+    p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"),
+                   help="StableSR's colour fix against the bicubic-upsampled input (default none)")
     p.set_defaults(run=run_upscale)
 
     add_eval(sub)

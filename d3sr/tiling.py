@@ -63,6 +63,8 @@ def tile_starts(size: int, tile: int, overlap: int) -> List[int]:
     """OSEDiff's offsets along one axis: every (tile - overlap), the last tile
     flush with the end. tile <= size."""
     stride = tile - overlap
+    if stride < 1 or tile > size:
+        raise ValueError(f"tiles of {tile} overlapping by {overlap} cannot cover {size} pixels")
     starts, start = [], 0
     while True:
         if start + tile >= size:

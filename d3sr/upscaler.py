@@ -74,10 +74,8 @@ class Upscaler:
         images, single, is_uint8 = as_image_batch(image)
         if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
-        latent_tile = tiling.check_tile(latent_tile, "latent_tile", tiling.MIN_LATENT_TILE)
-        latent_overlap = tiling.check_overlap(latent_overlap, latent_tile)
-        encoder_tile = tiling.check_tile(encoder_tile, "encoder_tile", tiling.MIN_ENCODER_TILE)
-        decoder_tile = tiling.check_tile(decoder_tile, "decoder_tile", tiling.MIN_DECODER_TILE)
+        latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
+                                                                               encoder_tile, decoder_tile)
         color_fix = tiling.check_color_fix(color_fix)
         n, h, w, _ = images.shape
         if h < MIN_SIDE or w < MIN_SIDE:
@@ -119,6 +117,8 @@ class Upscaler:
     def progress_steps(self, shape, scale: int = 4, *, latent_tile: Optional[int] = 96, latent_overlap: int = 32,
                        encoder_tile: Optional[int] = 1024, decoder_tile: Optional[int] = 224) -> int:
         """How many tile steps upscale reports to progress for an image of shape [H, W, ...]."""
+        latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
+                                                                               encoder_tile, decoder_tile)
         h, w = int(shape[0]) * scale, int(shape[1]) * scale
         f = self.vae.downscale
         ph, pw = -(-h // f) * f, -(-w // f) * f
@@ -151,6 +151,13 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler(timestep={self.timestep}, latent_formula={self.latent_formula!r}, "
                 f"device={self.vae.device!r}, dtype={self.vae.dtype!r})")
+
+
+def _check_tiles(latent_tile, latent_overlap, encoder_tile, decoder_tile):
+    latent_tile = tiling.check_tile(latent_tile, "latent_tile", tiling.MIN_LATENT_TILE)
+    return (latent_tile, tiling.check_overlap(latent_overlap, latent_tile),
+            tiling.check_tile(encoder_tile, "encoder_tile", tiling.MIN_ENCODER_TILE),
+            tiling.check_tile(decoder_tile, "decoder_tile", tiling.MIN_DECODER_TILE))
 
 
 def _report(progress, steps: int) -> None:

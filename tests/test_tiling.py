@@ -238,3 +238,33 @@ def test_tile_borders_do_not_show_on_photos(photo):
         ratio = border_ratio(tiled - whole, borders, band, far)
         assert ratio <= SEAM_FACTOR, f"{photo}, {name}: tile borders show (ratio {ratio:.2f})"
         assert border_ratio(seamed - whole, borders, band, far) > SEAM_FACTOR   # the test sees real seams
+
+
+def test_cli_upscale_tile_flags(tmp_path, upscaler, capsys):
+    from PIL import Image
+
+    from d3sr import cli
+
+    photo = os.path.join(DATA, "photos", "garden.png")
+    image = np.asarray(Image.open(photo))[:24, :40]
+    Image.fromarray(image).save(tmp_path / "in.png")
+    rc = cli.main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--checkpoint", CKPT,
+                   "--scale", "2", "--latent-tile", "16", "--latent-overlap", "8", "--encoder-tile", "none",
+                   "--decoder-tile", "16", "--color-fix", "wavelet"])
+    assert rc == 0
+    expected = upscaler.upscale(image, scale=2, latent_tile=16, latent_overlap=8, encoder_tile=None,
+                                decoder_tile=16, color_fix="wavelet")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), expected)
+    assert "-> " in capsys.readouterr().err
+    assert upscaler.progress_steps(image.shape, 2, latent_tile=16, latent_overlap=8, encoder_tile=None,
+                                   decoder_tile=16) == 2 * 4 + 2 * 3   # latent 24 x 40: UNet 2 x 4 tiles, decoder 2 x 3
+    rc = cli.main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "bad.png"), "--checkpoint", CKPT,
+                   "--latent-tile", "12"])
+    assert rc != 0 and "latent_tile" in capsys.readouterr().err
+
+
+def test_progress_steps_checks_its_arguments(upscaler):
+    with pytest.raises(ValueError, match="latent_overlap"):
+        upscaler.progress_steps((24, 40, 3), latent_tile=16, latent_overlap=32)
+    with pytest.raises(ValueError, match="cannot cover"):
+        tiling.tile_starts(10, 12, 4)
