@@ -364,6 +364,8 @@ def plan_outputs(inputs: List[str], given: Sequence[str], output: str, fmt: str)
 
 def run_upscale(args) -> int:
     import d3sr
+    from tqdm import tqdm
+
     from .images import check_writable, read_image, upscale_picture
 
     if not 1 <= args.quality <= 100:
@@ -381,17 +383,37 @@ def run_upscale(args) -> int:
     start = time.perf_counter()
     upscaler = d3sr.Upscaler.load(args.checkpoint, device=args.device, dtype=args.dtype)
     print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    tiles = {"latent_tile": args.latent_tile, "latent_overlap": args.latent_overlap,
+             "encoder_tile": args.encoder_tile, "decoder_tile": args.decoder_tile}
+    color_fix = None if args.color_fix == "none" else args.color_fix
     with _progress(len(plan), "upscale") as progress:
         for path, target in plan:
             picture = read_image(path)
             check_writable(target, picture)  # before the model's work, not after
             start = time.perf_counter()
-            out = upscale_picture(picture, lambda rgb: upscaler.upscale(rgb, scale=args.scale))
+
+            def run(rgb):  # with a bar over the tiles of this image when it has several
+                steps = upscaler.progress_steps(rgb.shape, args.scale, **tiles)
+                with tqdm(total=steps, unit="tile", leave=False, disable=steps == 0, file=sys.stderr,
+                          desc=os.path.basename(path)) as bar:
+                    return upscaler.upscale(rgb, scale=args.scale, color_fix=color_fix, progress=bar.update, **tiles)
+
+            out = upscale_picture(picture, run)
             write_image(target, out, quality=args.quality)
             progress.write(f"{path} {picture.size[0]}x{picture.size[1]} -> {target} {out.size[0]}x{out.size[1]} "
                            f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
             progress.update()
     return 0
+
+
+def _tile_size(text: str):
+    """A tile size on the command line: an integer, or 'none' for no tiling."""
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
 def run_make_checkpoint(args) -> int:
@@ -448,6 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tiff", "same"),
                    help="format of the files written into an output folder (default png; same: each input's)")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
+    p.add_argument("--latent-tile", type=_tile_size, default=96,
+                   help="UNet tile in latent pixels, a multiple of 8, or 'none' (default 96, as OSEDiff)")
+    p.add_argument("--latent-overlap", type=int, default=32, help="overlap of UNet tiles in latent pixels (default 32)")
+    p.add_argument("--encoder-tile", type=_tile_size, default=1024,
+                   help="VAE encoder tile in pixels, a multiple of 8, or 'none' (default 1024)")
+    p.add_argument("--decoder-tile", type=_tile_size, default=224,
+                   help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default 224)")
+    p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"),
+                   help="StableSR's colour fix against the bicubic-upsampled input (default none)")
     p.set_defaults(run=run_upscale)
 
     add_eval(sub)
