@@ -54,7 +54,7 @@ def plain_loop(inputs, output_dir, checkpoint, scale, threads):
 def plain_child(inputs, output_dir, checkpoint, scale, threads):
     """(total s, [s at which each image was written], compute s), as JSON on stdout."""
     import d3sr
-    from d3sr.distributed import plan_upscale, read_rgb, write_image_atomic
+    from d3sr.distributed import plan_upscale, upscale_file
 
     start = time.perf_counter()
     d3sr.set_num_threads(threads)
@@ -62,7 +62,7 @@ def plain_child(inputs, output_dir, checkpoint, scale, threads):
     ends, compute = [], 0.0
     for source, target in plan_upscale(inputs, output_dir):
         begin = time.perf_counter()
-        write_image_atomic(target, upscaler.upscale(read_rgb(source), scale))
+        upscale_file(upscaler, source, target, scale)
         ends.append(time.perf_counter())
         compute += ends[-1] - begin
     print(json.dumps([ends[-1] - start, [t - start for t in ends], compute]))

@@ -75,7 +75,7 @@ def unet_config(raw: dict) -> dict:
     down = raw.get("down_block_types", ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"])
     up = raw.get("up_block_types", ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1))
     for field, types, known in (("down_block_types", down, _DOWN_TYPES), ("up_block_types", up, _UP_TYPES)):
-        if len(types) != levels or any(t not in known for t in types):
+        if not isinstance(types, (list, tuple)) or len(types) != levels or any(t not in known for t in types):
             raise ValueError(f"{field} = {types!r} is not supported: d3sr runs {levels} of {sorted(known)}")
     cross_dim = raw.get("cross_attention_dim", 1280)
     if not isinstance(cross_dim, int):
@@ -99,10 +99,10 @@ def unet_config(raw: dict) -> dict:
         "attention_heads": _per_level(raw, "attention_head_dim", 8, levels),
         "cross_attention_dim": cross_dim,
         "norm_num_groups": groups,
-        "norm_eps": float(raw.get("norm_eps", 1e-5)),
+        "norm_eps": _checks.finite_number(raw.get("norm_eps", 1e-5), "norm_eps"),
         "use_linear_projection": int(bool(raw.get("use_linear_projection", False))),
         "flip_sin_to_cos": int(bool(raw.get("flip_sin_to_cos", True))),
-        "freq_shift": float(raw.get("freq_shift", 0)),
+        "freq_shift": _checks.finite_number(raw.get("freq_shift", 0), "freq_shift"),
         "time_embed_dim": time_embed_dim,
         "text_time": int(text_time),
         "addition_time_embed_dim": raw.get("addition_time_embed_dim") or 0 if text_time else 0,
@@ -139,11 +139,14 @@ class UNet(CoreModel):
 
     @classmethod
     def from_config(cls, raw_config: dict, *, trunk_only: bool = False, device: str = "cpu",
-                    dtype: Optional[str] = None) -> "UNet":
+                    dtype: Optional[str] = None, _source: Optional[str] = None) -> "UNet":
         """A UNet with its weights not yet set (see `load_weights`, `weight_shapes`)."""
         dtype = _checks.device_and_dtype(device, dtype)
-        config = unet_config(raw_config)
-        model = _core.unet_create(config, trunk_only, device, dtype)
+        with _checks.naming(_source):
+            if not isinstance(raw_config, dict):
+                raise TypeError(f"a UNet config must be a dict, not {type(raw_config).__name__}")
+            config = unet_config(raw_config)
+            model = _core.unet_create(config, trunk_only, device, dtype)
         return cls(model, config, raw_config, trunk_only, device, dtype)
 
     @classmethod
@@ -152,9 +155,10 @@ class UNet(CoreModel):
         """Loads a diffusers `unet/` folder (config.json and
         diffusion_pytorch_model[.fp16].safetensors), one tensor at a time.
         lora: a d3sr.LoRA (or its path) merged into the weights as they load."""
-        raw = read_json(os.path.join(path, "config.json"))
+        config_path = os.path.join(path, "config.json")
+        raw = read_json(config_path)
         weights = find_weight_file(path, variant)
-        unet = cls.from_config(raw, trunk_only=trunk_only, device=device, dtype=dtype)
+        unet = cls.from_config(raw, trunk_only=trunk_only, device=device, dtype=dtype, _source=config_path)
         skip = (lambda name: name.startswith(_TRUNK_SKIPPED)) if trunk_only else (lambda name: False)
         load_into(unet._model, weights, skip=skip, lora=as_lora(lora), what="UNet")
         return unet

@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _tiling as tiling
 from ._model import CoreModel
 from ._native import _core
 from ._lora import as_lora
@@ -57,6 +57,12 @@ def vae_config(raw: dict) -> dict:
     return config
 
 
+def _park_half(park: str) -> bool:
+    if park not in ("float32", "float16"):
+        raise ValueError(f"park must be 'float32' or 'float16', not {park!r}")
+    return park == "float16"
+
+
 def _rename_legacy(name: str) -> str:
     for old, new in _LEGACY_ATTENTION_NAMES.items():
         if old in name and ".attentions." in name:
@@ -81,8 +87,9 @@ class VAE(CoreModel):
         self.parts = parts
         self.device = device
         self.dtype = dtype
-        self.scaling_factor = float(raw_config.get("scaling_factor", 0.18215))
+        self.scaling_factor = _checks.finite_number(raw_config.get("scaling_factor", 0.18215), "scaling_factor")
         self.downscale = 2 ** (len(config["block_out_channels"]) - 1)
+        self.last_parked_bytes = 0  # host memory the last tiled call parked at most
 
     @classmethod
     def from_config(
@@ -92,6 +99,7 @@ class VAE(CoreModel):
         parts: Sequence[str] = ("encoder", "decoder"),
         device: str = "cpu",
         dtype: Optional[str] = None,
+        _source: Optional[str] = None,
     ) -> "VAE":
         """A VAE with its weights not yet set (see `load_weights`, `weight_shapes`).
         dtype: 'fp32', 'fp16' or 'bf16' (GPU only); None: fp32 on the CPU, bf16 on CUDA."""
@@ -99,10 +107,13 @@ class VAE(CoreModel):
         parts = tuple(parts)
         if not parts or any(p not in _PARTS for p in parts):
             raise ValueError(f"parts must name 'encoder' and/or 'decoder', not {parts!r}")
-        config = vae_config(raw_config)
-        flags = sum(_PARTS[p] for p in set(parts))
-        model = _core.vae_create(config, flags, device, dtype)
-        return cls(model, config, raw_config, parts, device, dtype)
+        with _checks.naming(_source):
+            if not isinstance(raw_config, dict):
+                raise TypeError(f"a VAE config must be a dict, not {type(raw_config).__name__}")
+            config = vae_config(raw_config)
+            flags = sum(_PARTS[p] for p in set(parts))
+            model = _core.vae_create(config, flags, device, dtype)
+            return cls(model, config, raw_config, parts, device, dtype)
 
     @classmethod
     def load(
@@ -118,9 +129,10 @@ class VAE(CoreModel):
         """Loads a diffusers `vae/` folder: config.json and
         diffusion_pytorch_model[.fp16].safetensors (fp32, fp16 or bf16 tensors).
         lora: a d3sr.LoRA (or its path) merged into the weights as they load."""
-        raw = read_json(os.path.join(path, "config.json"))
+        config_path = os.path.join(path, "config.json")
+        raw = read_json(config_path)
         weights = find_weight_file(path, variant)
-        vae = cls.from_config(raw, parts=parts, device=device, dtype=dtype)
+        vae = cls.from_config(raw, parts=parts, device=device, dtype=dtype, _source=config_path)
         skipped = tuple(f"{p}." for p in _PARTS if p not in vae.parts)
         skipped += ("quant_conv.",) if "encoder" not in vae.parts else ()
         skipped += ("post_quant_conv.",) if "decoder" not in vae.parts else ()
@@ -137,6 +149,31 @@ class VAE(CoreModel):
     def decode(self, z: np.ndarray, *, return_intermediates: bool = False):
         """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
         return self._run(self._model.vae_decode, z, return_intermediates=return_intermediates)
+
+    def encode_tiled(self, x: np.ndarray, tile: int, *, park: str = "float32") -> np.ndarray:
+        """encode in tiles of at most tile x tile pixels (a multiple of
+        `downscale`), each with a halo covering the encoder's receptive field,
+        every GroupNorm layer normalising with the exact statistics of the
+        whole image (see d3sr._tiling). Equals encode up to float rounding
+        except for the mid block's attention, which sees one tile.
+        park: 'float32' (exact) or 'float16' (half the parked memory)."""
+        _checks.float32_array(x, "x", 4, "[N, C, H, W]")
+        _, _, h, w = x.shape
+        if h % self.downscale or w % self.downscale:
+            raise ValueError(f"x's height and width must be multiples of {self.downscale}, got {h} x {w}")
+        tile = tiling.check_tile(tile, "tile", 4 * self.downscale, self.downscale)
+        tiles = tiling.vae_windows(h, w, tile, tiling.encoder_halo(self.config), self.downscale)
+        out, self.last_parked_bytes = self._model.vae_run_tiled(x, tiles, True, _park_half(park))
+        return out
+
+    def decode_tiled(self, z: np.ndarray, tile: int, *, park: str = "float32") -> np.ndarray:
+        """decode in tiles of at most tile x tile latent pixels, as encode_tiled."""
+        _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
+        _, _, h, w = z.shape
+        tile = tiling.check_tile(tile, "tile", 4, 1)
+        tiles = tiling.vae_windows(h, w, tile, tiling.decoder_halo(self.config), 1)
+        out, self.last_parked_bytes = self._model.vae_run_tiled(z, tiles, False, _park_half(park))
+        return out
 
     def __repr__(self) -> str:
         return (f"VAE(block_out_channels={self.config['block_out_channels']}, parts={self.parts}, "

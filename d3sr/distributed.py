@@ -38,39 +38,24 @@ import numpy as np
 
 from .cli import IMAGE_EXTENSIONS, CommandError
 
-PARTIAL_SUFFIX = ".d3sr-partial"
+PARTIAL_SUFFIX = ".partial"  # d3sr.images.write_image's temporary files: .NAME.XXXXXXXX.partial
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists")
 
 Progress = Callable[[int, int, dict], None]  # (done, total, the row of the file just finished)
 
 
-# ---- image files (to become d3sr.images.read_image / write_image) --------------------------
+# ---- image files ------------------------------------------------------------------------
 
-def read_rgb(path: str) -> np.ndarray:
-    """An image file as [H, W, 3] uint8, as `d3sr upscale` reads it."""
-    from .cli import read_rgb as read
+def upscale_file(upscaler, source: str, target: str, scale: int, **options) -> Tuple[tuple, tuple]:
+    """One image as `d3sr upscale` does it: read (d3sr.images), upscale the colour (alpha,
+    grey and 16 bits brought along), write under a temporary name renamed when complete.
+    The sizes (w, h) read and written."""
+    from .images import read_image, upscale_picture, write_image
 
-    try:
-        return read(path)
-    except CommandError as e:  # an unsupported mode, named with the path
-        raise ValueError(str(e)) from None
-
-
-def write_image_atomic(path: str, image: np.ndarray) -> None:
-    """Writes a PNG under a temporary name beside path, then renames it: a reader (or a
-    resumed run) sees the complete file or none, whenever the writer is killed."""
-    from PIL import Image
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    partial = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
-    try:
-        Image.fromarray(image).save(partial, format="PNG")
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise
+    picture = read_image(source)
+    out = upscale_picture(picture, lambda rgb: upscaler.upscale(rgb, scale, **options))
+    write_image(target, out)
+    return picture.size, out.size
 
 
 def remove_partial_files(output_dir: str) -> int:
@@ -241,11 +226,10 @@ class _UpscaleWorker:
         for source, target in zip(batch["source"], batch["target"]):
             start = time.perf_counter()
             try:
-                image = read_rgb(str(source))
-                out = self.upscaler.upscale(image, self.scale, **self.options)
-                write_image_atomic(str(target), out)
+                (w, h), (out_w, out_h) = upscale_file(self.upscaler, str(source), str(target), self.scale,
+                                                      **self.options)
                 status.append("written")
-                messages.append(f"{image.shape[1]}x{image.shape[0]} -> {out.shape[1]}x{out.shape[0]}")
+                messages.append(f"{w}x{h} -> {out_w}x{out_h}")
             except Exception as e:  # reported per file; the run goes on
                 status.append("failed")
                 messages.append(f"{type(e).__name__}: {e}")
@@ -393,6 +377,8 @@ def evaluate_dataset(sr_dir: str, hr_dir: str, metrics: Union[str, Sequence[str]
         metrics = ",".join(metrics)
     if not isinstance(crop_border, (int, np.integer)) or isinstance(crop_border, bool):
         raise TypeError(f"crop_border must be an integer, not {crop_border!r}")
+    if crop_border < 0:
+        raise ValueError(f"crop_border must be >= 0, not {crop_border}")
     if lpips_net not in ("alex", "vgg"):
         raise ValueError(f"lpips_net must be 'alex' or 'vgg', not {lpips_net!r}")
     options = dict(crop_border=int(crop_border), rgb=bool(rgb), ssim_downsample=bool(ssim_downsample),

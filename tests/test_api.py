@@ -11,7 +11,7 @@ import sys
 
 import d3sr
 
-PUBLIC_MODULES = {"cli", "distributed", "images", "losses", "metrics", "testing"}
+PUBLIC_MODULES = {"cli", "distributed", "images", "losses", "metrics", "testing", "viz"}
 
 
 def test_the_top_level_names_exist():

@@ -77,15 +77,3 @@ def test_eval_without_weights_fails_before_scoring(folders, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "d3sr convert-metric-weights" in err and "[" not in err.splitlines()[0]  # no progress bar yet
-
-
-def test_progress_bar_without_a_terminal_prints_tenths():
-    import io
-
-    stream = io.StringIO()
-    bar = cli.Progress(100, stream)
-    for i in range(101):
-        bar.update(i, f"img{i}")
-    bar.close()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 11 and lines[-1].startswith("[" + "#" * 30 + "] 100/100")

@@ -65,11 +65,13 @@ static void activation_span(const float *x, size_t count, d3sr_activation_kind k
     case D3SR_ACT_SILU:
         for (size_t i = 0; i < count; i++) y[i] = cpu_siluf(x[i]);
         break;
+    /* x < 0 rather than x > 0: NaN stays NaN, as in PyTorch, instead of
+     * becoming 0 (a NaN network reporting "identical" images). */
     case D3SR_ACT_RELU:
-        for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        for (size_t i = 0; i < count; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
         break;
     case D3SR_ACT_LEAKY_RELU:
-        for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : param * x[i];
+        for (size_t i = 0; i < count; i++) y[i] = x[i] < 0.0f ? param * x[i] : x[i];
         break;
     case D3SR_ACT_GELU:
         for (size_t i = 0; i < count; i++) y[i] = cpu_geluf(x[i]);

@@ -4,6 +4,7 @@
  * at each of the h x w positions -> logits [n, 1, h, w]: one realness score per
  * patch of the latent the trunk saw (D3SR: 32 x 32 pixels per logit).
  */
+#include <math.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -23,9 +24,12 @@ static const d3sr_activation_kind ACTIVATIONS[] = {
 d3sr_status d3sr_head_create(const d3sr_head_config *cfg, const char *device, d3sr_dtype dtype, d3sr_model **out)
 {
     *out = NULL;
-    if (cfg->in_channels < 1 || cfg->hidden < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "the head needs positive in_channels and hidden, got %d and %d",
-                         cfg->in_channels, cfg->hidden);
+    if (cfg->in_channels < 1 || cfg->hidden < 1 || cfg->in_channels > D3SR_MAX_CHANNELS || cfg->hidden > D3SR_MAX_CHANNELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "the head needs in_channels and hidden in [1, %d], got %d and %d",
+                         D3SR_MAX_CHANNELS, cfg->in_channels, cfg->hidden);
+    if (cfg->activation == D3SR_HEAD_LEAKY_RELU && !isfinite(cfg->negative_slope))
+        return d3sr_fail(D3SR_ERR_VALUE, "the head's negative_slope must be a finite number, not %g",
+                         (double)cfg->negative_slope);
     if (cfg->activation < D3SR_HEAD_SILU || cfg->activation > D3SR_HEAD_GELU)
         return d3sr_fail(D3SR_ERR_VALUE, "unknown head activation %d", (int)cfg->activation);
     d3sr_model *m;
@@ -78,6 +82,7 @@ d3sr_status d3sr_head_forward(d3sr_model *m, const float *features, int n, int c
         head_call call = {hd, features, n, h, w, logits};
         status = d3sr_ctx_run(&m->ctx, head_forward, &call);
     }
+    if (status == D3SR_OK) status = d3sr_check_output(logits, (size_t)n * h * w, "the patch head's logits");
     d3sr_model_leave(m);
     return status;
 }

@@ -34,6 +34,7 @@
 /* Pairs per chunk: 2k h w <= 2^19 pixels (one pair of 512 x 512 images), so a
  * VGG16 stage holds about 128 MiB per activation. */
 #define CHUNK_PIXELS (1 << 19)
+#define CHUNK_MAX_PAIRS 64
 
 typedef struct {
     int index, cin, cout, kernel, stride, pad;
@@ -308,8 +309,11 @@ d3sr_status d3sr_perceptual_score(d3sr_model *m, const void *a, const void *b, d
 
     const int dists = p->kind == D3SR_DISTS;
     const size_t image = (size_t)h * w * 3;
+    /* Pairs per chunk: bounded by pixels and by count, since each pair also
+     * holds its per-stage results (20 000 pairs of 1 x 1 images took 1 GB). */
     int k = (int)(CHUNK_PIXELS / (2 * (size_t)h * w));
-    k = k < 1 ? 1 : k > n ? n : k;
+    k = k < 1 ? 1 : k > CHUNK_MAX_PAIRS ? CHUNK_MAX_PAIRS : k;
+    k = k > n ? n : k;
     /* host: input [2k][image], raw [2k][image], gray [h w], results, weights */
     const size_t results = dists ? (size_t)k * 5 * DISTS_CHANNELS : (size_t)STAGES * k;
     const size_t need = 4 * (size_t)k * image + (size_t)h * w + results + 2 * DISTS_CHANNELS;
@@ -339,6 +343,9 @@ d3sr_status d3sr_perceptual_score(d3sr_model *m, const void *a, const void *b, d
                     for (int s = 0; s < STAGES; s++) score += call.results[(size_t)s * call.k + j];
                 }
                 scores[i0 + j] = edges ? scores[i0 + j] + score : score;
+                if (!isfinite(scores[i0 + j]))
+                    status = d3sr_fail(D3SR_ERR_VALUE, "%s of pair %d is NaN or Inf although the images were finite: "
+                                       "the metric weights make the network overflow", kind_name(p->kind), i0 + j);
             }
         }
     }

@@ -20,7 +20,9 @@
 #include "model.h"
 #include "transformer.h"
 
-#define MAX_SKIPS (D3SR_MAX_LEVELS * 8 + 1)
+/* conv_in, every ResNet of every down level, every downsampler: check_config
+ * bounds the count. */
+#define MAX_SKIPS (1 + D3SR_MAX_LEVELS * (D3SR_MAX_LAYERS_PER_BLOCK + 1))
 
 typedef struct {
     d3sr_resnet *resnets;            /* owned */
@@ -65,32 +67,62 @@ static void unet_free_impl(void *impl)
     free(u->host_embedding);
 }
 
+/* width in [1, D3SR_MAX_CHANNELS], or a failure naming field. */
+static d3sr_status check_width(int width, const char *field)
+{
+    if (width < 1 || width > D3SR_MAX_CHANNELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "%s = %d is outside [1, %d]", field, width, D3SR_MAX_CHANNELS);
+    return D3SR_OK;
+}
+
+/* Every value checked here, sizes bounded by d3sr.h's limits, so nothing the
+ * model computes from them can overflow and no layer count is unbounded. */
 static d3sr_status check_config(const d3sr_unet_config *c)
 {
     if (c->num_levels < 1 || c->num_levels > D3SR_MAX_LEVELS)
         return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels must have 1 to %d entries, not %d", D3SR_MAX_LEVELS, c->num_levels);
-    if (c->in_channels < 1 || c->out_channels < 1 || c->cross_attention_dim < 1 || c->time_embed_dim < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "in_channels, out_channels, cross_attention_dim and the time embedding width must be positive");
-    if (c->norm_num_groups < 1 || !(c->norm_eps > 0))
-        return d3sr_fail(D3SR_ERR_VALUE, "norm_num_groups and norm_eps must be positive");
+    D3SR_CHECK(check_width(c->in_channels, "in_channels"));
+    D3SR_CHECK(check_width(c->out_channels, "out_channels"));
+    D3SR_CHECK(check_width(c->cross_attention_dim, "cross_attention_dim"));
+    D3SR_CHECK(check_width(c->time_embed_dim, "time_embedding_dim"));
+    D3SR_CHECK(check_width(c->norm_num_groups, "norm_num_groups"));
+    if (!(c->norm_eps > 0) || !isfinite(c->norm_eps))
+        return d3sr_fail(D3SR_ERR_VALUE, "norm_eps = %g must be a positive finite number", (double)c->norm_eps);
     if (c->block_out_channels[0] % 2)
         return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[0] = %d must be even (the sinusoidal embedding's width)",
                          c->block_out_channels[0]);
     for (int i = 0; i < c->num_levels; i++) {
         int ch = c->block_out_channels[i];
-        if (ch < 1 || ch % c->norm_num_groups)
-            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a positive multiple of norm_num_groups = %d",
-                             i, ch, c->norm_num_groups);
-        if (c->layers_per_block[i] < 1)
-            return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block[%d] must be positive", i);
+        if (ch < 1 || ch > D3SR_MAX_CHANNELS || ch % c->norm_num_groups)
+            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a multiple of norm_num_groups = %d "
+                             "in [1, %d]", i, ch, c->norm_num_groups, D3SR_MAX_CHANNELS);
+        if (c->layers_per_block[i] < 1 || c->layers_per_block[i] > D3SR_MAX_LAYERS_PER_BLOCK)
+            return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block[%d] = %d is outside [1, %d]", i, c->layers_per_block[i],
+                             D3SR_MAX_LAYERS_PER_BLOCK);
         if (c->attention_heads[i] < 1 || ch % c->attention_heads[i])
             return d3sr_fail(D3SR_ERR_VALUE, "attention_head_dim[%d] = %d heads do not divide %d channels", i,
                              c->attention_heads[i], ch);
-        if (c->transformer_layers[i] < 1 || c->up_transformer_layers[i] < 1)
-            return d3sr_fail(D3SR_ERR_VALUE, "transformer_layers_per_block must be positive");
+        if (c->transformer_layers[i] < 1 || c->transformer_layers[i] > D3SR_MAX_TRANSFORMER_LAYERS ||
+            c->up_transformer_layers[i] < 1 || c->up_transformer_layers[i] > D3SR_MAX_TRANSFORMER_LAYERS)
+            return d3sr_fail(D3SR_ERR_VALUE, "transformer_layers_per_block[%d] is outside [1, %d]", i,
+                             D3SR_MAX_TRANSFORMER_LAYERS);
     }
-    if (c->text_time && (c->addition_time_embed_dim < 2 || c->addition_time_embed_dim % 2 || c->addition_input_dim < 1))
-        return d3sr_fail(D3SR_ERR_VALUE, "text_time needs an even addition_time_embed_dim and projection_class_embeddings_input_dim");
+    /* diffusers' Downsample2D pads by 0 or 1; more only grows every level's map. */
+    if (c->downsample_padding < 0 || c->downsample_padding > 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "downsample_padding = %d is not supported (0 or 1)", c->downsample_padding);
+    if (c->text_time) {
+        if (c->addition_time_embed_dim < 2 || c->addition_time_embed_dim % 2 || c->addition_input_dim < 1)
+            return d3sr_fail(D3SR_ERR_VALUE,
+                             "text_time needs an even addition_time_embed_dim and projection_class_embeddings_input_dim");
+        D3SR_CHECK(check_width(c->addition_time_embed_dim, "addition_time_embed_dim"));
+        D3SR_CHECK(check_width(c->addition_input_dim, "projection_class_embeddings_input_dim"));
+    }
+    /* The sinusoids divide by half - freq_shift: it must stay positive and finite. */
+    int half = c->block_out_channels[0] / 2;
+    if (c->text_time && c->addition_time_embed_dim / 2 < half) half = c->addition_time_embed_dim / 2;
+    if (!isfinite(c->freq_shift) || c->freq_shift < 0 || c->freq_shift >= (float)half)
+        return d3sr_fail(D3SR_ERR_VALUE, "freq_shift = %g must be in [0, %d) (half the sinusoidal embedding's width)",
+                         (double)c->freq_shift, half);
     return D3SR_OK;
 }
 
@@ -125,7 +157,7 @@ static d3sr_status register_unet(d3sr_params *p, unet *u)
 {
     const d3sr_unet_config *c = &u->cfg;
     const int *boc = c->block_out_channels, last = c->num_levels - 1;
-    int resnet_in[D3SR_MAX_LEVELS * 4 + 2];
+    int resnet_in[D3SR_MAX_LAYERS_PER_BLOCK + 1];
 
     D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_1, boc[0], c->time_embed_dim, 1, "time_embedding.linear_1"));
     D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_2, c->time_embed_dim, c->time_embed_dim, 1,
@@ -140,8 +172,7 @@ static d3sr_status register_unet(d3sr_params *p, unet *u)
 
     for (int i = 0; i <= last; i++) {
         unet_level *level = &u->down[i];
-        int n = c->layers_per_block[i];
-        if (n > D3SR_MAX_LEVELS * 4) return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block[%d] = %d is too large", i, n);
+        int n = c->layers_per_block[i]; /* at most D3SR_MAX_LAYERS_PER_BLOCK (check_config) */
         for (int j = 0; j < n; j++) resnet_in[j] = j == 0 ? (i ? boc[i - 1] : boc[0]) : boc[i];
         D3SR_CHECK(register_level(p, c, level, n, resnet_in, boc[i], c->down_cross_attention[i], c->attention_heads[i], c->transformer_layers[i], "down_blocks.%d", i));
         level->has_resample = i < last;
@@ -165,7 +196,6 @@ static d3sr_status register_unet(d3sr_params *p, unet *u)
     for (int i = 0; i <= last; i++) {
         int down = last - i, cout = boc[down], skip_in = boc[down > 0 ? down - 1 : 0];
         int n = c->layers_per_block[down] + 1;
-        if (n > D3SR_MAX_LEVELS * 4) return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block is too large");
         for (int j = 0; j < n; j++) resnet_in[j] = (j == 0 ? prev : cout) + (j == n - 1 ? skip_in : cout);
         D3SR_CHECK(register_level(p, c, &u->up[i], n, resnet_in, cout, c->up_cross_attention[i], c->attention_heads[down], c->up_transformer_layers[i], "up_blocks.%d", i));
         u->up[i].has_resample = i < last;
@@ -397,8 +427,9 @@ d3sr_status d3sr_unet_forward(d3sr_model *m, const float *sample, int n, int h, 
         goto done;
     }
     if (c->text_time) {
+        /* 64-bit: T * D overflows an int for T = 2^29, and embed_time writes P + T * D floats. */
         if (!text_embeds || !time_ids || text_dim < 1 || n_time_ids < 1 ||
-            text_dim + n_time_ids * c->addition_time_embed_dim != c->addition_input_dim) {
+            (int64_t)text_dim + (int64_t)n_time_ids * c->addition_time_embed_dim != c->addition_input_dim) {
             status = d3sr_fail(D3SR_ERR_VALUE,
                                "this UNet (addition_embed_type 'text_time') needs text_embeds [N, P] and time_ids [N, T] "
                                "with P + T * %d = %d, got P = %d, T = %d", c->addition_time_embed_dim,
@@ -436,6 +467,9 @@ d3sr_status d3sr_unet_forward(d3sr_model *m, const float *sample, int n, int h, 
     unet_call call = {u, sample, timesteps, context, text_embeds, time_ids, n, h, w, context_len, text_dim, n_time_ids,
                       u->host_embedding, out};
     status = d3sr_ctx_run(&m->ctx, unet_forward, &call);
+    if (status == D3SR_OK)
+        status = d3sr_check_output(out, (size_t)out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3],
+                                   "the UNet's output");
 done:
     d3sr_model_leave(m);
     return status;

@@ -13,6 +13,7 @@
 #define D3SR_BINDING_MAIN
 #include "binding.h"
 
+#include <math.h>
 #include <pythread.h>
 
 
@@ -229,6 +230,58 @@ static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
 static PyObject *model_vae_encode(ModelObject *self, PyObject *x) { return vae_call(self, x, 1); }
 static PyObject *model_vae_decode(ModelObject *self, PyObject *z) { return vae_call(self, z, 0); }
 
+/* vae_run_tiled(x, tiles [count, 8] int, encode, park_half) -> (output, parked bytes). */
+static PyObject *model_vae_run_tiled(ModelObject *self, PyObject *args)
+{
+    PyObject *obj, *tiles_obj;
+    int encode, park_half;
+    if (!PyArg_ParseTuple(args, "OOpp", &obj, &tiles_obj, &encode, &park_half)) return NULL;
+    PyArrayObject *x = encode ? float32_array(obj, "x", 4, "[N, C, H, W]")
+                              : float32_array(obj, "z", 4, "[N, latent_channels, h, w]");
+    if (!x) return NULL;
+    PyArrayObject *tiles = (PyArrayObject *)PyArray_FROM_OTF(tiles_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    if (!tiles) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    PyArrayObject *y = NULL;
+    if (PyArray_NDIM(tiles) != 2 || PyArray_DIM(tiles, 1) != 8 || PyArray_DIM(tiles, 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "tiles must have shape [count, 8]: window y0, y1, x0, x1, core y0, y1, x0, x1");
+        goto done;
+    }
+    int64_t in[4], out[4];
+    for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
+    d3sr_status status = d3sr_vae_output_shape(self->model, encode, in, out);
+    if (status != D3SR_OK) {
+        raise_status(status);
+        goto done;
+    }
+    npy_intp dims[4] = {(npy_intp)out[0], (npy_intp)out[1], (npy_intp)out[2], (npy_intp)out[3]};
+    y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (!y) goto done;
+    size_t parked = 0;
+    const float *xd = PyArray_DATA(x);
+    const int (*td)[8] = (const int (*)[8])PyArray_DATA(tiles);
+    int count = (int)PyArray_DIM(tiles, 0);
+    float *yd = PyArray_DATA(y);
+    RUN_LOCKED(self, d3sr_vae_run_tiled(self->model, encode, xd, (int)in[0], (int)in[2], (int)in[3], td, count, park_half,
+                                        yd, &parked));
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+        goto done;
+    }
+    Py_DECREF(x);
+    Py_DECREF(tiles);
+    return Py_BuildValue("(Nn)", (PyObject *)y, (Py_ssize_t)parked);
+done:
+    Py_DECREF(x);
+    Py_DECREF(tiles);
+    Py_XDECREF(y);
+    return NULL;
+}
+
+
 static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"sample", "timesteps", "encoder_hidden_states", "text_embeds", "time_ids", NULL};
@@ -388,6 +441,8 @@ static PyMethodDef model_methods[] = {
     {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
     {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
+    {"vae_run_tiled", (PyCFunction)model_vae_run_tiled, METH_VARARGS,
+     "vae_run_tiled(x, tiles [count, 8], encode, park_half) -> (output, most bytes parked): one pass, pooled GroupNorm."},
     {"head_forward", (PyCFunction)model_head_forward, METH_O, "head_forward(features [N, C, h, w]) -> logits [N, 1, h, w]"},
     {"unet_forward", (PyCFunction)(void (*)(void))model_unet_forward, METH_VARARGS | METH_KEYWORDS,
      "unet_forward(sample, timesteps [N], encoder_hidden_states [N, L, D], text_embeds=None, time_ids=None)"},
@@ -413,17 +468,9 @@ static int dict_int(PyObject *dict, const char *key, int *out)
         PyErr_Format(PyExc_KeyError, "config lacks '%s'", key);
         return -1;
     }
-    long v = PyLong_AsLong(value);
-    if (v == -1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "config field '%s' must be an integer", key);
-        return -1;
-    }
-    if (v < INT32_MIN || v > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "config field '%s' = %ld is out of range", key, v);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
+    char what[96];
+    snprintf(what, sizeof what, "config field '%s'", key);
+    return int_in_range(value, what, INT_MIN, INT_MAX, out);
 }
 
 static int dict_float(PyObject *dict, const char *key, float *out)
@@ -436,6 +483,10 @@ static int dict_float(PyObject *dict, const char *key, float *out)
     double v = PyFloat_AsDouble(value);
     if (v == -1.0 && PyErr_Occurred()) {
         PyErr_Format(PyExc_TypeError, "config field '%s' must be a number", key);
+        return -1;
+    }
+    if (!isfinite((float)v)) {
+        PyErr_Format(PyExc_ValueError, "config field '%s' = %R is not a finite float32 number", key, value);
         return -1;
     }
     *out = (float)v;
@@ -455,12 +506,9 @@ static int dict_int_list(PyObject *dict, const char *key, int *out, int capacity
         return -1;
     }
     for (Py_ssize_t i = 0; i < len; i++) {
-        long v = PyLong_AsLong(PyList_GET_ITEM(value, i));
-        if (v == -1 && PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError, "config field '%s' must be a list of integers", key);
-            return -1;
-        }
-        out[i] = (int)v;
+        char what[96];
+        snprintf(what, sizeof what, "config field '%s'[%zd]", key, i);
+        if (int_in_range(PyList_GET_ITEM(value, i), what, INT_MIN, INT_MAX, &out[i])) return -1;
     }
     *count = (int)len;
     return 0;
@@ -557,9 +605,14 @@ static PyObject *py_head_create(PyObject *module, PyObject *args, PyObject *kwar
     static char *keywords[] = {"in_channels", "hidden", "activation", "negative_slope", "device", "dtype", NULL};
     d3sr_head_config cfg = {0, 0, D3SR_HEAD_SILU, 0.2f};
     int activation = 0;
+    PyObject *in_obj, *hidden_obj, *activation_obj;
     const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iii|fss", keywords, &cfg.in_channels, &cfg.hidden, &activation,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|fss", keywords, &in_obj, &hidden_obj, &activation_obj,
                                      &cfg.negative_slope, &device, &dtype_name))
+        return NULL;
+    if (int_in_range(in_obj, "in_channels", 1, D3SR_MAX_CHANNELS, &cfg.in_channels) ||
+        int_in_range(hidden_obj, "hidden", 1, D3SR_MAX_CHANNELS, &cfg.hidden) ||
+        int_in_range(activation_obj, "activation", D3SR_HEAD_SILU, D3SR_HEAD_GELU, &activation))
         return NULL;
     cfg.activation = (d3sr_head_activation)activation;
     d3sr_dtype dtype;
@@ -575,10 +628,9 @@ static PyObject *py_head_create(PyObject *module, PyObject *args, PyObject *kwar
 static PyObject *py_set_num_threads(PyObject *module, PyObject *arg)
 {
     (void)module;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0) return PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all cores), not %ld", n);
-    d3sr_set_num_threads((int)n);
+    int n;
+    if (int_in_range(arg, "the thread count n (0: all cores)", 0, d3sr_max_threads(), &n)) return NULL;
+    d3sr_set_num_threads(n);
     Py_RETURN_NONE;
 }
 
@@ -587,6 +639,13 @@ static PyObject *py_get_num_threads(PyObject *module, PyObject *unused)
     (void)module;
     (void)unused;
     return PyLong_FromLong(d3sr_get_num_threads());
+}
+
+static PyObject *py_max_threads(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromLong(d3sr_max_threads());
 }
 
 static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
@@ -601,6 +660,37 @@ static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
     return Py_BuildValue("(Os)", ok ? Py_True : Py_False, why);
 }
 
+/* color_fix(sr, ref, kind): sr [n, h, w, c] float32, C-contiguous and writable,
+ * corrected in place; kind 1 adain, 2 wavelet. */
+static PyObject *py_color_fix(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *sro, *refo;
+    int kind;
+    if (!PyArg_ParseTuple(args, "OOi", &sro, &refo, &kind)) return NULL;
+    if (!PyArray_Check(sro) || PyArray_TYPE((PyArrayObject *)sro) != NPY_FLOAT32 || PyArray_NDIM((PyArrayObject *)sro) != 4 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)sro) || !PyArray_ISWRITEABLE((PyArrayObject *)sro)) {
+        PyErr_SetString(PyExc_TypeError, "color_fix: sr must be a writable C-contiguous float32 array [n, h, w, c]");
+        return NULL;
+    }
+    PyArrayObject *sr = (PyArrayObject *)sro, *ref = float32_array(refo, "ref", 4, "[n, h, w, c]");
+    if (!ref) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (PyArray_DIM(ref, i) != PyArray_DIM(sr, i)) {
+            Py_DECREF(ref);
+            PyErr_SetString(PyExc_ValueError, "color_fix: ref must have the shape of sr");
+            return NULL;
+        }
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_color_fix(PyArray_DATA(sr), PyArray_DATA(ref), (int)PyArray_DIM(sr, 0), (int)PyArray_DIM(sr, 1),
+                            (int)PyArray_DIM(sr, 2), (int)PyArray_DIM(sr, 3), (d3sr_color_fix_kind)kind);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ref);
+    if (status != D3SR_OK) return raise_status(status);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"vae_create", (PyCFunction)(void (*)(void))py_vae_create, METH_VARARGS | METH_KEYWORDS,
      "vae_create(config: dict, parts: int, device='cpu', dtype='fp32') -> Model"},
@@ -608,8 +698,11 @@ static PyMethodDef module_methods[] = {
      "head_create(in_channels, hidden, activation, negative_slope=0.2, device='cpu', dtype='fp32') -> Model"},
     {"unet_create", (PyCFunction)(void (*)(void))py_unet_create, METH_VARARGS | METH_KEYWORDS,
      "unet_create(config: dict, trunk_only=False, device='cpu', dtype='fp32') -> Model"},
+    {"color_fix", (PyCFunction)py_color_fix, METH_VARARGS,
+     "color_fix(sr [n,h,w,c] float32, ref, kind): StableSR's colour fix in place (1 adain, 2 wavelet)."},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads of the CPU kernels (0: all cores)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads of the CPU kernels."},
+    {"max_threads", py_max_threads, METH_NOARGS, "The most threads set_num_threads takes."},
     {"cuda_status", py_cuda_status, METH_NOARGS, "(available, why not)"},
     {NULL, NULL, 0, NULL},
 };
