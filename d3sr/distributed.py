@@ -442,7 +442,10 @@ def _print_progress(done: int, total: int, row: dict) -> None:
 
 
 def upscale_command(args) -> int:
-    """`d3sr upscale IN... -o FOLDER --ray [ADDRESS] [--workers N]`."""
+    """`d3sr upscale IN... -o FOLDER --ray [ADDRESS] [--workers N]`: PNG outputs; those that
+    exist are skipped (--skip-existing is how a Ray run always works)."""
+    if getattr(args, "format", "png") != "png":
+        raise CommandError(f"--format {args.format}: with --ray the outputs are PNG files")
     options = {name: getattr(args, name) for name in TILE_OPTIONS if hasattr(args, name)}
     if getattr(args, "color_fix", None) not in (None, "none"):
         options["color_fix"] = args.color_fix
