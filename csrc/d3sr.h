@@ -59,9 +59,13 @@ D3SR_API const char *d3sr_last_error(void);
  * else 0 and *why says why. */
 D3SR_API int d3sr_cuda_available(const char **why);
 
-/* Threads used by CPU kernels, process-wide. n <= 0 means "all cores". */
+/* Threads used by CPU kernels, process-wide. n <= 0 means "all cores"; n
+ * above d3sr_max_threads() is taken as that many (the binding refuses it):
+ * OpenMP creates every thread asked for, and thousands exhaust the stack or
+ * the memory cap and end the process. */
 D3SR_API void d3sr_set_num_threads(int n);
 D3SR_API int d3sr_get_num_threads(void);
+D3SR_API int d3sr_max_threads(void); /* max(64, 4 x the cores) */
 
 /* ---- models: common ---------------------------------------------------- */
 
@@ -106,6 +110,16 @@ D3SR_API void d3sr_model_free(d3sr_model *m);
 /* ---- the VAE (diffusers AutoencoderKL) --------------------------------- */
 
 #define D3SR_MAX_LEVELS 8
+
+/* Size limits checked when a model is created and on every activation: far
+ * above every real model (SDXL: 1280 channels, 2816-wide add_embedding, 10
+ * transformer layers) and low enough that every size the core derives from
+ * them (8 x channels in a feed-forward, kernels x channels in a GEMM) fits
+ * the 32-bit integers of the kernels and of OpenBLAS. */
+#define D3SR_MAX_CHANNELS 65536          /* any channel or feature width */
+#define D3SR_MAX_LAYERS_PER_BLOCK 32     /* ResNets per level */
+#define D3SR_MAX_TRANSFORMER_LAYERS 64   /* transformer blocks per Transformer2DModel */
+#define D3SR_MAX_ROWS (1 << 30)          /* n x h x w of one activation (pixels or tokens) */
 
 typedef struct {
     int in_channels;      /* image channels, 3 */

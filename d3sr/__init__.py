@@ -22,8 +22,12 @@ __version__ = "0.1.0"
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the CPU kernels, process-wide (0: all cores)."""
-    _core.set_num_threads(n)
+    """Threads for the CPU kernels, process-wide (0: all cores). At most
+    max(64, 4 x the cores): OpenMP starts every thread asked for, and
+    thousands end the process; more is a ValueError."""
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"n must be an integer, not {type(n).__name__}")
+    _core.set_num_threads(n.__index__())
 
 
 def get_num_threads() -> int:

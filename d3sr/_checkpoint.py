@@ -84,12 +84,22 @@ def _read_config(folder: str, kind: str, defaults: dict, paths) -> dict:
     config = {**defaults, **raw}
     if config["type"] != kind:
         raise ValueError(f"{where}: type is {config['type']!r}, this needs a {kind!r} checkpoint")
-    if not isinstance(config["scaling_factor"], (int, float)) or not config["scaling_factor"] > 0:
-        raise ValueError(f"{where}: scaling_factor must be a positive number")
-    alphas_cumprod(config["schedule"])  # checks the schedule
+    sf = config["scaling_factor"]
+    if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not 0 < sf < float("inf"):
+        raise ValueError(f"{where}: scaling_factor must be a positive finite number, not {sf!r}")
+    try:
+        alphas_cumprod(config["schedule"])  # checks the schedule
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    required = {field for field, value in defaults.items() if value is not None and field in paths}
     for field in paths:
-        if config[field] is not None:
-            path = os.path.join(folder, config[field])
+        value = config[field]
+        if value is None and field in required:
+            raise ValueError(f"{where}: {field} must name a file or folder, not null")
+        if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+            raise ValueError(f"{where}: {field} must be a path (a non-empty string), not {value!r}")
+        if value is not None:
+            path = os.path.join(folder, value)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{where}: {field} names {config[field]!r}, which is missing ({path})")
             config[field] = path
@@ -104,7 +114,7 @@ def read_generator_config(folder: str) -> dict:
     t = config["timestep"]
     if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 999:
         raise ValueError(f"{where}: timestep must be an integer in [0, 999], not {t!r}")
-    if config["latent_formula"] not in LATENT_FORMULAS:
+    if not isinstance(config["latent_formula"], str) or config["latent_formula"] not in LATENT_FORMULAS:
         raise ValueError(f"{where}: latent_formula must be one of {LATENT_FORMULAS}, not {config['latent_formula']!r}")
     return config
 
@@ -113,9 +123,12 @@ def read_discriminator_config(folder: str) -> dict:
     """d3sr.json of a discriminator checkpoint, defaults filled in and checked."""
     config = _read_config(folder, "discriminator", DISCRIMINATOR_DEFAULTS,
                           ("unet", "unet_lora", "head", "conditioning", "vae"))
-    if config["head_activation"] not in HEAD_ACTIVATIONS:
-        raise ValueError(f"{os.path.join(folder, CONFIG_NAME)}: head_activation must be one of {HEAD_ACTIVATIONS}, "
-                         f"not {config['head_activation']!r}")
+    where = os.path.join(folder, CONFIG_NAME)
+    if not isinstance(config["head_activation"], str) or config["head_activation"] not in HEAD_ACTIVATIONS:
+        raise ValueError(f"{where}: head_activation must be one of {HEAD_ACTIVATIONS}, not {config['head_activation']!r}")
+    slope = config["head_negative_slope"]
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not abs(slope) < float("inf"):
+        raise ValueError(f"{where}: head_negative_slope must be a finite number, not {slope!r}")
     return config
 
 
@@ -126,14 +139,20 @@ def alphas_cumprod(schedule: dict) -> np.ndarray:
         raise ValueError(f"schedule must be a dict with fields {sorted(known)}, not {schedule!r}")
     s = {**SD_SCHEDULE, **schedule}
     n, start, end = s["num_train_timesteps"], s["beta_start"], s["beta_end"]
+    # Checked before anything is built: num_train_timesteps 3e8 once built a 4.6 GB schedule first.
+    if isinstance(n, bool) or not isinstance(n, int) or n != 1000:
+        raise ValueError(f"num_train_timesteps must be 1000 (timesteps are in [0, 999]), not {n!r}")
+    for field, value in (("beta_start", start), ("beta_end", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{field} must be a number in [0, 1), not {value!r}")
+    if not isinstance(s["beta_schedule"], str):
+        raise ValueError(f"beta_schedule must be a string, not {s['beta_schedule']!r}")
     if s["beta_schedule"] == "scaled_linear":
         betas = np.linspace(start ** 0.5, end ** 0.5, n, dtype=np.float64) ** 2
     elif s["beta_schedule"] == "linear":
         betas = np.linspace(start, end, n, dtype=np.float64)
     else:
         raise ValueError(f"beta_schedule {s['beta_schedule']!r} is not supported ('scaled_linear' or 'linear')")
-    if n != 1000:
-        raise ValueError(f"num_train_timesteps must be 1000 (timesteps are in [0, 999]), not {n}")
     return np.cumprod(1.0 - betas)
 
 

@@ -2,6 +2,8 @@
 what was expected, before anything reaches the C core."""
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Optional
 
 import numpy as np
@@ -35,3 +37,21 @@ def device_and_dtype(device: str, dtype: Optional[str]) -> str:
     if device == "cpu" and dtype != "fp32":
         raise ValueError(f"dtype {dtype!r} needs device='cuda'; the CPU computes in 'fp32'")
     return dtype
+
+
+def finite_number(value, field: str) -> float:
+    """value as a float, if it is a finite int or float (a config's number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{field} = {value!r} must be a finite number")
+    return float(value)
+
+
+@contextlib.contextmanager
+def naming(source: Optional[str]):
+    """Prefixes a ValueError or TypeError raised inside with source (a file)."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        if source is None or str(e).startswith(source):
+            raise
+        raise type(e)(f"{source}: {e}") from None

@@ -46,20 +46,22 @@ class PatchHead(CoreModel):
                 raise ValueError(f"{path}: expected the head's weights '0.weight', '0.bias', '2.weight', '2.bias', "
                                  f"found {f.keys()}")
             shape = f.shape("0.weight")
+            if len(shape) not in (2, 4):
+                raise ValueError(f"{path}: '0.weight' has shape {shape}; [hidden, in_channels] or "
+                                 f"[hidden, in_channels, 1, 1] was expected")
             tensors = {}
             for key in f.keys():
                 array, bf16 = f.get(key)
                 tensors[key] = bf16_to_float32(array) if bf16 else array
-        head = cls(shape[1], shape[0], activation, negative_slope, device=device, dtype=dtype)
         try:
+            head = cls(shape[1], shape[0], activation, negative_slope, device=device, dtype=dtype)
             head.load_weights(tensors)
         except (ValueError, TypeError) as e:
             raise type(e)(f"{path}: {e}") from None
         return head
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        _checks.float32_array(features, "features", 4, "[N, C, h, w]")
-        return self._model.head_forward(features)
+        return self._run(self._model.head_forward, features)
 
 
 class Discriminator:
@@ -200,6 +202,9 @@ def _timesteps(t, n: int) -> np.ndarray:
 def init_head(in_channels: int, hidden: int, seed: int = 0) -> dict:
     """A fresh head as PyTorch initialises Conv2d (every weight and bias
     ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))), drawn from seed."""
+    for name, value in (("in_channels", in_channels), ("hidden", hidden)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 65536:
+            raise ValueError(f"the head's {name} must be an integer in [1, 65536], not {value!r}")
     rng = np.random.default_rng(seed)
 
     def uniform(shape, fan_in):

@@ -12,14 +12,14 @@ model loads; a LoRA key that matches no weight of the model is an error.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ._weights import WeightFile, bf16_to_float32
+from ._weights import WeightFile, bf16_to_float32, read_json
 
 PEFT_DEFAULT_ALPHA = 8.0
 
@@ -54,8 +54,10 @@ class LoRA:
         if os.path.isdir(path):
             config_path = os.path.join(path, "adapter_config.json")
             if os.path.isfile(config_path):
-                with open(config_path, "r", encoding="utf-8") as f:
-                    config = json.load(f)
+                config = read_json(config_path)
+                for field in ("lora_alpha", "use_rslora", "alpha_pattern"):
+                    if field in config:
+                        _check_config_field(config, field, config_path)
             for name in ("adapter_model.safetensors", "pytorch_lora_weights.safetensors"):
                 if os.path.isfile(os.path.join(path, name)):
                     path = os.path.join(path, name)
@@ -77,6 +79,13 @@ class LoRA:
                         source: str = "LoRA") -> "LoRA":
         """Parses a LoRA state dict (see the module's docstring for the layouts)."""
         config = config or {}
+        if not isinstance(config, dict):
+            raise TypeError(f"{source}: the adapter config must be a dict, not {type(config).__name__}")
+        for field in ("lora_alpha", "use_rslora", "alpha_pattern"):
+            if field in config:
+                _check_config_field(config, field, source)
+        if alpha is not None:
+            alpha = _alpha_value(alpha, "alpha", source)
         down, up, alphas, replacements = {}, {}, {}, {}
         for key, value in tensors.items():
             name = _strip(key, strip)
@@ -85,7 +94,7 @@ class LoRA:
                 proj = "to_out.0" if m["proj"] == "to_out" else m["proj"]
                 module = f"{m['block']}.{proj}"
                 if m["which"] is None:
-                    alphas[module] = float(np.asarray(value).reshape(-1)[0])
+                    alphas[module] = _alpha_tensor(value, key, source)
                 else:
                     (down if m["which"] == "down" else up)[module] = value
                 continue
@@ -97,13 +106,15 @@ class LoRA:
             elif m["diffusers"]:
                 (down if m["diffusers"] == "down" else up)[m["module"]] = value
             else:
-                alphas[m["module"]] = float(np.asarray(value).reshape(-1)[0])
+                alphas[m["module"]] = _alpha_tensor(value, key, source)
         for module in set(down) ^ set(up):
             half = "lora_A/down" if module in down else "lora_B/up"
             raise ValueError(f"{source}: module '{module}' has only its {half} weight")
         updates = {}
         for module in sorted(down):
             a, b = down[module], up[module]
+            if a.ndim < 2 or a.shape[0] < 1:
+                raise ValueError(f"{source}: '{module}' has lora_A of shape {a.shape}; [rank >= 1, in, ...] was expected")
             rank = a.shape[0]
             if b.ndim < 2 or b.shape[1] != rank:
                 raise ValueError(f"{source}: '{module}' has lora_A of rank {rank} but lora_B of shape {b.shape}")
@@ -158,6 +169,39 @@ def _strip(key: str, prefixes: Iterable[str]) -> str:
             if key.startswith(prefix):
                 key, changed = key[len(prefix):], True
     return key
+
+
+def _alpha_value(value, what: str, source: str) -> float:
+    """A finite alpha: a NaN or infinite one would merge NaN into every weight it touches."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(value):
+        raise ValueError(f"{source}: {what} = {value!r} must be a finite number")
+    return float(value)
+
+
+def _alpha_tensor(value, key: str, source: str) -> float:
+    array = np.asarray(value)
+    if array.size != 1:
+        raise ValueError(f"{source}: '{key}' must hold one alpha value, not shape {array.shape}")
+    return _alpha_value(float(array.reshape(-1)[0]), f"'{key}'", source)
+
+
+def _check_config_field(config: dict, field: str, source: str) -> None:
+    value = config[field]
+    if field == "lora_alpha":
+        _alpha_value(value, "lora_alpha", source)
+    elif field == "use_rslora":
+        if not isinstance(value, bool):
+            raise ValueError(f"{source}: use_rslora = {value!r} must be true or false")
+    elif value is not None:  # alpha_pattern
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: alpha_pattern must map module patterns to alphas, not {value!r}")
+        for pattern, alpha in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{source}: alpha_pattern {pattern!r} is not a regular expression ({e})") from None
+            _alpha_value(alpha, f"alpha_pattern[{pattern!r}]", source)
 
 
 def _alpha_for(module: str, override, alphas: Dict[str, float], config: dict, rank: int) -> float:

@@ -2,6 +2,7 @@
 memory reports and capturing each block's output."""
 from __future__ import annotations
 
+import threading
 from typing import Dict, Iterable, Mapping, Tuple, Union
 
 import numpy as np
@@ -38,11 +39,18 @@ class CoreModel:
 
     def _run(self, fn, *args, return_intermediates: bool = False, **kwargs):
         """fn(*args, **kwargs), and with return_intermediates also the
-        {block name: activation} the core captured during the call."""
-        if not return_intermediates:
-            return fn(*args, **kwargs)
-        self._model.set_capture(True)
-        try:
-            return fn(*args, **kwargs), self._model.captured()
-        finally:
-            self._model.set_capture(False)
+        {block name: activation} the core captured during the call.
+
+        Turning capture on, the call and reading the captures are three core
+        calls; a lock per model holds them together, so a call from another
+        thread can neither capture into nor clear this call's intermediates.
+        (dict.setdefault is atomic under the GIL: one lock per model.)"""
+        lock = self.__dict__.setdefault("_call_lock", threading.Lock())
+        with lock:
+            if not return_intermediates:
+                return fn(*args, **kwargs)
+            self._model.set_capture(True)
+            try:
+                return fn(*args, **kwargs), self._model.captured()
+            finally:
+                self._model.set_capture(False)

@@ -71,6 +71,8 @@ def make_discriminator_checkpoint(output: str, *, sdxl: str, conditioning: Optio
     from ._weights import read_json
 
     unet_config = read_json(os.path.join(sdxl, "unet", "config.json"))
+    if not head and (isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or not 1 <= head_hidden <= 65536):
+        raise ValueError(f"head_hidden must be an integer in [1, 65536], not {head_hidden!r}")
     if head_activation not in HEAD_ACTIVATIONS:
         raise ValueError(f"head_activation must be one of {HEAD_ACTIVATIONS}, not {head_activation!r}")
     os.makedirs(output, exist_ok=True)

@@ -75,7 +75,7 @@ def unet_config(raw: dict) -> dict:
     down = raw.get("down_block_types", ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"])
     up = raw.get("up_block_types", ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1))
     for field, types, known in (("down_block_types", down, _DOWN_TYPES), ("up_block_types", up, _UP_TYPES)):
-        if len(types) != levels or any(t not in known for t in types):
+        if not isinstance(types, (list, tuple)) or len(types) != levels or any(t not in known for t in types):
             raise ValueError(f"{field} = {types!r} is not supported: d3sr runs {levels} of {sorted(known)}")
     cross_dim = raw.get("cross_attention_dim", 1280)
     if not isinstance(cross_dim, int):
@@ -99,10 +99,10 @@ def unet_config(raw: dict) -> dict:
         "attention_heads": _per_level(raw, "attention_head_dim", 8, levels),
         "cross_attention_dim": cross_dim,
         "norm_num_groups": groups,
-        "norm_eps": float(raw.get("norm_eps", 1e-5)),
+        "norm_eps": _checks.finite_number(raw.get("norm_eps", 1e-5), "norm_eps"),
         "use_linear_projection": int(bool(raw.get("use_linear_projection", False))),
         "flip_sin_to_cos": int(bool(raw.get("flip_sin_to_cos", True))),
-        "freq_shift": float(raw.get("freq_shift", 0)),
+        "freq_shift": _checks.finite_number(raw.get("freq_shift", 0), "freq_shift"),
         "time_embed_dim": time_embed_dim,
         "text_time": int(text_time),
         "addition_time_embed_dim": raw.get("addition_time_embed_dim") or 0 if text_time else 0,
@@ -139,11 +139,14 @@ class UNet(CoreModel):
 
     @classmethod
     def from_config(cls, raw_config: dict, *, trunk_only: bool = False, device: str = "cpu",
-                    dtype: Optional[str] = None) -> "UNet":
+                    dtype: Optional[str] = None, _source: Optional[str] = None) -> "UNet":
         """A UNet with its weights not yet set (see `load_weights`, `weight_shapes`)."""
         dtype = _checks.device_and_dtype(device, dtype)
-        config = unet_config(raw_config)
-        model = _core.unet_create(config, trunk_only, device, dtype)
+        with _checks.naming(_source):
+            if not isinstance(raw_config, dict):
+                raise TypeError(f"a UNet config must be a dict, not {type(raw_config).__name__}")
+            config = unet_config(raw_config)
+            model = _core.unet_create(config, trunk_only, device, dtype)
         return cls(model, config, raw_config, trunk_only, device, dtype)
 
     @classmethod
@@ -152,9 +155,10 @@ class UNet(CoreModel):
         """Loads a diffusers `unet/` folder (config.json and
         diffusion_pytorch_model[.fp16].safetensors), one tensor at a time.
         lora: a d3sr.LoRA (or its path) merged into the weights as they load."""
-        raw = read_json(os.path.join(path, "config.json"))
+        config_path = os.path.join(path, "config.json")
+        raw = read_json(config_path)
         weights = find_weight_file(path, variant)
-        unet = cls.from_config(raw, trunk_only=trunk_only, device=device, dtype=dtype)
+        unet = cls.from_config(raw, trunk_only=trunk_only, device=device, dtype=dtype, _source=config_path)
         skip = (lambda name: name.startswith(_TRUNK_SKIPPED)) if trunk_only else (lambda name: False)
         load_into(unet._model, weights, skip=skip, lora=as_lora(lora), what="UNet")
         return unet
@@ -167,15 +171,15 @@ class UNet(CoreModel):
         SDXL-style UNets text_embeds [N, P] and time_ids [N, 6]. With
         return_intermediates, also a dict of the activations after conv_in,
         each down block, the mid block and each up block."""
-        _checks.float32_array(sample, "sample", 4, "[N, C, h, w]")
-        _checks.float32_array(encoder_hidden_states, "encoder_hidden_states", 3, "[N, L, cross_attention_dim]")
-        n = sample.shape[0]
+        # The binding and the core check the arrays and the timesteps' range;
+        # here only what Python coerces: one timestep per sample, time_ids to float32.
+        n = sample.shape[0] if isinstance(sample, np.ndarray) and sample.ndim else 1
         timesteps = _timesteps(timestep, n)
         extra = {}
-        for name, value in (("text_embeds", text_embeds), ("time_ids", time_ids)):
-            if value is not None:
-                extra[name] = _checks.float32_array(np.asarray(value, np.float32) if name == "time_ids" else value,
-                                                     name, 2, "[N, features]")
+        if text_embeds is not None:
+            extra["text_embeds"] = text_embeds
+        if time_ids is not None:
+            extra["time_ids"] = np.asarray(time_ids, np.float32)
         return self._run(self._model.unet_forward, sample, timesteps, encoder_hidden_states, **extra,
                          return_intermediates=return_intermediates)
 
@@ -186,13 +190,11 @@ class UNet(CoreModel):
 
 
 def _timesteps(timestep, n: int) -> np.ndarray:
-    """One float32 timestep per sample, each in [0, 999]."""
+    """One float32 timestep per sample (the core checks that each is in [0, 999])."""
     t = np.asarray(timestep)
     if t.dtype.kind not in "iuf":
         raise TypeError(f"timestep must be a number or an array of numbers, not {t.dtype}")
     t = np.broadcast_to(t.astype(np.float32), (n,)) if t.ndim == 0 else t.astype(np.float32)
     if t.shape != (n,):
         raise ValueError(f"timestep must be one value or {n} values (one per sample), got shape {t.shape}")
-    if not np.all((t >= 0) & (t <= 999)):
-        raise ValueError(f"timestep must be in [0, 999], got {t.tolist()}")
     return np.ascontiguousarray(t)

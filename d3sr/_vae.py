@@ -81,7 +81,7 @@ class VAE(CoreModel):
         self.parts = parts
         self.device = device
         self.dtype = dtype
-        self.scaling_factor = float(raw_config.get("scaling_factor", 0.18215))
+        self.scaling_factor = _checks.finite_number(raw_config.get("scaling_factor", 0.18215), "scaling_factor")
         self.downscale = 2 ** (len(config["block_out_channels"]) - 1)
 
     @classmethod
@@ -92,6 +92,7 @@ class VAE(CoreModel):
         parts: Sequence[str] = ("encoder", "decoder"),
         device: str = "cpu",
         dtype: Optional[str] = None,
+        _source: Optional[str] = None,
     ) -> "VAE":
         """A VAE with its weights not yet set (see `load_weights`, `weight_shapes`).
         dtype: 'fp32', 'fp16' or 'bf16' (GPU only); None: fp32 on the CPU, bf16 on CUDA."""
@@ -99,10 +100,13 @@ class VAE(CoreModel):
         parts = tuple(parts)
         if not parts or any(p not in _PARTS for p in parts):
             raise ValueError(f"parts must name 'encoder' and/or 'decoder', not {parts!r}")
-        config = vae_config(raw_config)
-        flags = sum(_PARTS[p] for p in set(parts))
-        model = _core.vae_create(config, flags, device, dtype)
-        return cls(model, config, raw_config, parts, device, dtype)
+        with _checks.naming(_source):
+            if not isinstance(raw_config, dict):
+                raise TypeError(f"a VAE config must be a dict, not {type(raw_config).__name__}")
+            config = vae_config(raw_config)
+            flags = sum(_PARTS[p] for p in set(parts))
+            model = _core.vae_create(config, flags, device, dtype)
+            return cls(model, config, raw_config, parts, device, dtype)
 
     @classmethod
     def load(
@@ -118,9 +122,10 @@ class VAE(CoreModel):
         """Loads a diffusers `vae/` folder: config.json and
         diffusion_pytorch_model[.fp16].safetensors (fp32, fp16 or bf16 tensors).
         lora: a d3sr.LoRA (or its path) merged into the weights as they load."""
-        raw = read_json(os.path.join(path, "config.json"))
+        config_path = os.path.join(path, "config.json")
+        raw = read_json(config_path)
         weights = find_weight_file(path, variant)
-        vae = cls.from_config(raw, parts=parts, device=device, dtype=dtype)
+        vae = cls.from_config(raw, parts=parts, device=device, dtype=dtype, _source=config_path)
         skipped = tuple(f"{p}." for p in _PARTS if p not in vae.parts)
         skipped += ("quant_conv.",) if "encoder" not in vae.parts else ()
         skipped += ("post_quant_conv.",) if "decoder" not in vae.parts else ()
@@ -132,12 +137,10 @@ class VAE(CoreModel):
         """Posterior mean of images x [N, C, H, W] float32 in [-1, 1]; H and W
         multiples of `downscale`. With return_intermediates, also a dict of the
         activations after conv_in, each down block and the mid block."""
-        _checks.float32_array(x, "x", 4, "[N, C, H, W]")
         return self._run(self._model.vae_encode, x, return_intermediates=return_intermediates)
 
     def decode(self, z: np.ndarray, *, return_intermediates: bool = False):
         """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
-        _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
         return self._run(self._model.vae_decode, z, return_intermediates=return_intermediates)
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ travel as their raw 16 bits.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from typing import Callable, Iterable, Optional, Tuple
@@ -34,15 +35,45 @@ def find_weight_file(folder: str, variant: Optional[str] = None, stem: str = WEI
     raise FileNotFoundError(f"no weight file in {folder}: expected {' or '.join(names)}")
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} does not fit a float64")
+    return value
+
+
+def _unique_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
+def parse_json(text, what: str):
+    """Strict JSON for files from strangers: no NaN or Infinity (Python's json
+    takes them; the JSON standard does not), no number beyond float64, no key
+    twice, no nesting deep enough to exhaust the stack. ValueError naming what."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is not valid JSON: nested too deeply") from None
+
+
 def read_json(path: str) -> dict:
     """A JSON file as a dict; FileNotFoundError or ValueError naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            value = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    with open(path, "rb") as f:
+        value = parse_json(f.read(), path)
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return value
@@ -84,28 +115,36 @@ class WeightFile:
         if len(head) < 8:
             raise self._corrupt("shorter than its 8-byte header length")
         (length,) = struct.unpack("<Q", head)
+        # The length is not printed: for a file of another kind it is just its
+        # first 8 bytes read as a number (a text file's first characters).
         if length > min(size - 8, _MAX_HEADER_BYTES):
-            raise self._corrupt(f"header length {length} does not fit a {size}-byte file")
-        try:
-            header = json.loads(self._file.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise self._corrupt(f"header is not JSON ({e})") from None
+            raise self._corrupt(f"its first 8 bytes are not a header length that fits the {size}-byte file")
+        header = parse_json(self._file.read(length), f"{self.path}: the safetensors header")
         if not isinstance(header, dict):
             raise self._corrupt("header is not a JSON object")
         data_bytes = size - 8 - length
         entries = {}
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise self._corrupt("__metadata__ must map names to strings")
         for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            try:
-                dtype = np.dtype(_DTYPES[info["dtype"]])
-                shape = tuple(int(d) for d in info["shape"])
-                begin, end = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise self._corrupt(f"tensor '{key}' has a malformed or unsupported entry {info!r}") from None
-            if not 0 <= begin <= end <= data_bytes or end - begin != int(np.prod(shape)) * dtype.itemsize:
+            # As strict as the safetensors library: integer dimensions and
+            # offsets (not 2.5 or "3"), a known dtype, nothing else.
+            if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info) or \
+                    not isinstance(info["dtype"], str) or info["dtype"] not in _DTYPES or not _int_list(info["shape"]) or \
+                    not _int_list(info["data_offsets"]) or len(info["data_offsets"]) != 2:
+                raise self._corrupt(f"tensor '{key}' has a malformed or unsupported entry {info!r}")
+            dtype, shape = np.dtype(_DTYPES[info["dtype"]]), tuple(info["shape"])
+            begin, end = info["data_offsets"]
+            if not 0 <= begin <= end <= data_bytes or end - begin != math.prod(shape) * dtype.itemsize:
                 raise self._corrupt(f"tensor '{key}' lies outside the file or has the wrong byte count")
             entries[key] = (dtype, shape, begin, info["dtype"] == "BF16")
+        # Tensors may not share bytes: one write would then change two weights.
+        spans = sorted((begin, begin + math.prod(shape) * dtype.itemsize, key)
+                       for key, (dtype, shape, begin, _) in entries.items())
+        for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+            if begin < end:
+                raise self._corrupt(f"tensors '{first}' and '{second}' overlap")
         return entries, 8 + length
 
     def keys(self) -> list:
@@ -131,6 +170,10 @@ class WeightFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _int_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
 def load_into(
@@ -165,7 +208,13 @@ def load_into(
                 raise ValueError(f"{path}: unexpected weight '{key}': the {what} built from its config has no such parameter")
             array, bf16 = f.get(key)
             if name in targets:
-                array, bf16 = lora.apply(name, bf16_to_float32(array) if bf16 else array), False
+                base = bf16_to_float32(array) if bf16 else array
+                if not np.isfinite(base).all():
+                    raise ValueError(f"{path}: weight '{key}' contains NaN or Inf")
+                array, bf16 = lora.apply(name, base), False
+                if not np.isfinite(array).all():
+                    raise ValueError(f"{lora.source}: merging the LoRA into '{name}' gives NaN or Inf "
+                                     f"(its alpha, lora_A or lora_B is NaN, Inf or too large)")
             try:
                 model.set_weight(name, array, bfloat16=bf16)
             except (ValueError, TypeError) as e:

@@ -107,7 +107,10 @@ def read_rgb(path: str):
     """An image file as [H, W, 3] uint8, upright (EXIF orientation applied); 16 bits rounded to 8."""
     from .images import read_image
 
-    return read_image(path).rgb8()
+    try:
+        return read_image(path).rgb8()
+    except ValueError as e:  # a malformed file, named in the message
+        raise CommandError(str(e)) from None
 
 
 def run_eval(args) -> int:

@@ -76,8 +76,9 @@ def _result(scores: np.ndarray, single: bool) -> Score:
 
 
 def _crop(crop_border) -> int:
-    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
-        raise ValueError(f"crop_border must be an integer >= 0, not {crop_border!r}")
+    # The upper bound keeps it inside the core's int; any real image is smaller.
+    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or not 0 <= crop_border < 1 << 30:
+        raise ValueError(f"crop_border must be an integer >= 0 and below 2^30, not {crop_border!r}")
     return int(crop_border)
 
 

@@ -20,7 +20,17 @@ static int all_cores(void)
 #endif
 }
 
-void d3sr_set_num_threads(int n) { atomic_store(&configured_threads, n > 0 ? n : 0); }
+int d3sr_max_threads(void)
+{
+    int cores = all_cores();
+    return cores > 16 ? 4 * cores : 64;
+}
+
+void d3sr_set_num_threads(int n)
+{
+    int most = d3sr_max_threads();
+    atomic_store(&configured_threads, n <= 0 ? 0 : n > most ? most : n);
+}
 
 int d3sr_get_num_threads(void) { return d3sr_threads(); }
 

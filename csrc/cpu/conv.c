@@ -20,23 +20,6 @@
 #define TILE_MIN_ROWS 64
 #define TILE_MAX_ROWS 1024
 
-void cpu_init_rows(float *out, const float *bias, const float *residual, size_t row0, size_t row1,
-                   int cols)
-{
-    for (size_t r = row0; r < row1; r++) {
-        float *dst = out + r * (size_t)cols;
-        const float *res = residual ? residual + r * (size_t)cols : NULL;
-        if (bias && res)
-            for (int c = 0; c < cols; c++) dst[c] = bias[c] + res[c];
-        else if (bias)
-            memcpy(dst, bias, (size_t)cols * sizeof *dst);
-        else if (res)
-            memcpy(dst, res, (size_t)cols * sizeof *dst);
-        else
-            memset(dst, 0, (size_t)cols * sizeof *dst);
-    }
-}
-
 /* Patches of output pixels [p0, p1) (indices over n*ho*wo) into col [p1-p0, K]. */
 static void im2col(const float *x, int h, int w, int cin, const d3sr_conv *cv, int ho, int wo,
                    size_t p0, size_t p1, float *col)

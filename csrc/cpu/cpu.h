@@ -38,6 +38,8 @@ static inline void cpu_share(size_t total, size_t *begin, size_t *end)
     *end = *begin + step < total ? *begin + step : total;
 }
 
+/* ---- gemm.c: matrix products, and linear layers --------------------------- */
+
 /* C[M, N] = A[M, K] op(B) + beta C, row-major. op(B) = B^T when b_trans
  * (B is [N, K]), else B is [K, N]. cpu_gemm splits the work over threads;
  * cpu_gemm_serial runs on the calling thread. */
@@ -45,6 +47,14 @@ void cpu_gemm(int b_trans, int M, int N, int K, const float *A, int lda, const f
               float beta, float *C, int ldc);
 void cpu_gemm_serial(int b_trans, int M, int N, int K, const float *A, int lda, const float *B,
                      int ldb, float beta, float *C, int ldc);
+/* Fills rows [row0, row1) of a [rows, cols] matrix with bias (or 0) plus residual
+ * (when not NULL); the matrix product then accumulates with beta = 1. */
+void cpu_init_rows(float *out, const float *bias, const float *residual, size_t row0, size_t row1,
+                   int cols);
+d3sr_status cpu_linear(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
+                       const d3sr_tensor *residual, d3sr_tensor *out);
+
+/* ---- conv.c, winograd.c: convolutions ------------------------------------- */
 
 d3sr_status cpu_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
                        const d3sr_tensor *residual, d3sr_tensor *out);
@@ -54,13 +64,16 @@ d3sr_status cpu_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *con
 d3sr_status cpu_winograd_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *conv,
                                 const d3sr_tensor *residual, d3sr_tensor *out);
 
-d3sr_status cpu_linear(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
-                       const d3sr_tensor *residual, d3sr_tensor *out);
+/* ---- norm.c, attention.c ---------------------------------------------------- */
+
 d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
                            d3sr_tensor *out);
+d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, d3sr_tensor *out);
 d3sr_status cpu_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
                           const d3sr_tensor *v, int heads, d3sr_tensor *out);
-d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, d3sr_tensor *out);
+
+/* ---- elementwise.c: the memory-bound ops ------------------------------------ */
+
 d3sr_status cpu_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
 d3sr_status cpu_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
 d3sr_status cpu_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
@@ -69,16 +82,13 @@ d3sr_status cpu_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b)
 d3sr_status cpu_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset);
 d3sr_status cpu_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b, d3sr_tensor *out);
 
+/* ---- pool.c, metric_reductions.c: the perceptual metrics' ops (CPU only) ---- */
+
 d3sr_status cpu_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out);
 d3sr_status cpu_l2_pool(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out);
 d3sr_status cpu_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
                                const d3sr_tensor *weight, d3sr_tensor *out);
 d3sr_status cpu_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b, d3sr_tensor *out);
-
-/* Fills rows [row0, row1) of a [rows, cols] matrix with bias (or 0) plus residual
- * (when not NULL); the matrix product then accumulates with beta = 1. */
-void cpu_init_rows(float *out, const float *bias, const float *residual, size_t row0, size_t row1,
-                   int cols);
 
 /* exp(x) to about 2 ulp, written so the compiler vectorises loops that call it.
  * Inputs are clamped to [-87, 88], where float exp is finite and normal. */

@@ -1,31 +1,10 @@
-/* elementwise.c: linear layers and the memory-bound ops: resizing, GEGLU,
- * activations, additions and channel concatenation. */
+/* elementwise.c: the memory-bound ops: resizing, GEGLU, activations,
+ * additions and channel concatenation. */
 #include <math.h>
 #include <string.h>
 
 #include "../core/threads.h"
 #include "cpu.h"
-
-d3sr_status cpu_linear(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
-                       const d3sr_tensor *residual, d3sr_tensor *out)
-{
-    (void)ctx;
-    const size_t rows = d3sr_tensor_numel(x) / (size_t)lin->in;
-    const float *bias = lin->bias.data;
-    const float *res = residual ? residual->data : NULL;
-    const int accumulate = bias || res;
-    if (accumulate) {
-#pragma omp parallel num_threads(d3sr_threads())
-        {
-            size_t r0, r1;
-            cpu_share(rows, &r0, &r1);
-            cpu_init_rows(out->data, bias, res, r0, r1, lin->out);
-        }
-    }
-    cpu_gemm(1, (int)rows, lin->out, lin->in, x->data, lin->in, lin->weight.data, lin->in,
-             accumulate ? 1.0f : 0.0f, out->data, lin->out);
-    return D3SR_OK;
-}
 
 /* PyTorch's nearest source index (aten's nearest_idx). */
 static int nearest_source(int dst, int in, int out)
@@ -86,11 +65,13 @@ static void activation_span(const float *x, size_t count, d3sr_activation_kind k
     case D3SR_ACT_SILU:
         for (size_t i = 0; i < count; i++) y[i] = cpu_siluf(x[i]);
         break;
+    /* x < 0 rather than x > 0: NaN stays NaN, as in PyTorch, instead of
+     * becoming 0 (a NaN network reporting "identical" images). */
     case D3SR_ACT_RELU:
-        for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        for (size_t i = 0; i < count; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
         break;
     case D3SR_ACT_LEAKY_RELU:
-        for (size_t i = 0; i < count; i++) y[i] = x[i] > 0.0f ? x[i] : param * x[i];
+        for (size_t i = 0; i < count; i++) y[i] = x[i] < 0.0f ? param * x[i] : x[i];
         break;
     case D3SR_ACT_GELU:
         for (size_t i = 0; i < count; i++) y[i] = cpu_geluf(x[i]);

@@ -1,10 +1,12 @@
-/* gemm.c: matrix products on OpenBLAS (scipy-openblas32), split over our threads.
+/* gemm.c: matrix products on OpenBLAS (scipy-openblas32), split over our
+ * threads, and the layer that is one: linear (beside cuda/gemm.cu's).
  *
  * OpenBLAS is kept single-threaded and each of our threads multiplies a slab:
  * rows of C when M is large (each slab repacks B, which costs little when the
  * slab is tall), else 128-column slabs. One pool of threads runs at a time.
  */
 #include <pthread.h>
+#include <string.h>
 
 #include "../core/threads.h"
 #include "cpu.h"
@@ -67,4 +69,45 @@ void cpu_gemm(int b_trans, int M, int N, int K, const float *A, int lda, const f
         const float *Bt = b_trans ? B + (size_t)n0 * ldb : B + n0;
         cpu_gemm_serial(b_trans, M, n1 - n0, K, A, lda, Bt, ldb, beta, C + n0, ldc);
     }
+}
+
+/* Rows [row0, row1) of a product's output set to bias + residual (either may
+ * be NULL), so the product accumulates onto them: this fuses the bias and the
+ * ResNet skip-add into convolutions and linear layers. */
+void cpu_init_rows(float *out, const float *bias, const float *residual, size_t row0, size_t row1,
+                   int cols)
+{
+    for (size_t r = row0; r < row1; r++) {
+        float *dst = out + r * (size_t)cols;
+        const float *res = residual ? residual + r * (size_t)cols : NULL;
+        if (bias && res)
+            for (int c = 0; c < cols; c++) dst[c] = bias[c] + res[c];
+        else if (bias)
+            memcpy(dst, bias, (size_t)cols * sizeof *dst);
+        else if (res)
+            memcpy(dst, res, (size_t)cols * sizeof *dst);
+        else
+            memset(dst, 0, (size_t)cols * sizeof *dst);
+    }
+}
+
+d3sr_status cpu_linear(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
+                       const d3sr_tensor *residual, d3sr_tensor *out)
+{
+    (void)ctx;
+    const size_t rows = d3sr_tensor_numel(x) / (size_t)lin->in;
+    const float *bias = lin->bias.data;
+    const float *res = residual ? residual->data : NULL;
+    const int accumulate = bias || res;
+    if (accumulate) {
+#pragma omp parallel num_threads(d3sr_threads())
+        {
+            size_t r0, r1;
+            cpu_share(rows, &r0, &r1);
+            cpu_init_rows(out->data, bias, res, r0, r1, lin->out);
+        }
+    }
+    cpu_gemm(1, (int)rows, lin->out, lin->in, x->data, lin->in, lin->weight.data, lin->in,
+             accumulate ? 1.0f : 0.0f, out->data, lin->out);
+    return D3SR_OK;
 }

@@ -44,10 +44,13 @@ static void scale_shift_rows(const float *x, size_t rows, int c, const float *sc
 }
 
 /* Per-channel sums of x (mean == NULL) or of (x - mean[c])^2 over all pixels,
- * each thread into its own row of partial, then reduced into total[c]. */
+ * each thread into its own row of partial, then reduced into total[c].
+ * OpenMP may start fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC,
+ * nesting), so every row is zeroed here, not by a thread that may not run. */
 static void channel_sums(const float *x, size_t pixels, int c, const double *mean, double *partial,
                          double *total, int threads)
 {
+    memset(partial, 0, (size_t)threads * c * sizeof *partial);
 #pragma omp parallel num_threads(threads)
     {
 #ifdef _OPENMP
@@ -55,7 +58,6 @@ static void channel_sums(const float *x, size_t pixels, int c, const double *mea
 #else
         double *acc = partial;
 #endif
-        memset(acc, 0, (size_t)c * sizeof *acc);
         size_t p0, p1;
         cpu_share(pixels, &p0, &p1);
         if (mean)

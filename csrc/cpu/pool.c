@@ -14,7 +14,8 @@
 CPU_VECTOR_CLONES
 static void max_into(float *dst, const float *src, int c)
 {
-    for (int j = 0; j < c; j++) dst[j] = src[j] > dst[j] ? src[j] : dst[j];
+    /* NaN wins, as in PyTorch's max_pool2d: a max that skipped it would hide it. */
+    for (int j = 0; j < c; j++) dst[j] = src[j] > dst[j] || src[j] != src[j] ? src[j] : dst[j];
 }
 
 d3sr_status cpu_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out)

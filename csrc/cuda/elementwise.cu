@@ -21,8 +21,8 @@ __device__ __forceinline__ float activate(float x, d3sr_activation_kind kind, fl
 {
     switch (kind) {
     case D3SR_ACT_SILU: return silu(x);
-    case D3SR_ACT_RELU: return x > 0.0f ? x : 0.0f;
-    case D3SR_ACT_LEAKY_RELU: return x > 0.0f ? x : param * x;
+    case D3SR_ACT_RELU: return x < 0.0f ? 0.0f : x; /* NaN stays NaN, as in PyTorch */
+    case D3SR_ACT_LEAKY_RELU: return x < 0.0f ? param * x : x;
     case D3SR_ACT_GELU: return gelu(x);
     }
     return x;

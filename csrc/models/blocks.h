@@ -18,8 +18,9 @@ typedef struct {
     int has_shortcut, has_time;
 } d3sr_resnet;
 
-d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, const char *prefix,
-                                 int cin, int cout, int temb_channels, int groups, float eps);
+d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, int cin, int cout, int temb_channels,
+                                 int groups, float eps, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
 
 /* temb_silu: silu(temb) [n, 1, 1, temb_channels], or NULL without a time embedding. */
 d3sr_status d3sr_resnet_forward(d3sr_ctx *ctx, const d3sr_resnet *block, const d3sr_tensor *x,
@@ -34,8 +35,8 @@ typedef struct {
 } d3sr_spatial_attention;
 
 d3sr_status d3sr_spatial_attention_register(d3sr_params *params, d3sr_spatial_attention *block,
-                                            const char *prefix, int channels, int heads,
-                                            int groups, float eps);
+                                            int channels, int heads, int groups, float eps, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
 d3sr_status d3sr_spatial_attention_forward(d3sr_ctx *ctx, const d3sr_spatial_attention *block,
                                            const d3sr_tensor *x, d3sr_tensor *out);
 

@@ -179,6 +179,14 @@ d3sr_status d3sr_model_enter(d3sr_model *m, d3sr_model_kind kind, const char *wh
 
 void d3sr_model_leave(d3sr_model *m) { atomic_flag_clear(&m->busy); }
 
+d3sr_status d3sr_check_output(const float *out, size_t count, const char *what)
+{
+    if (d3sr_check_finite(out, count, what) == D3SR_OK) return D3SR_OK;
+    return d3sr_fail(D3SR_ERR_VALUE,
+                     "%s contains NaN or Inf although the inputs were finite: a weight or config value makes the "
+                     "network overflow float32 (check the weight files and config the model was loaded from)", what);
+}
+
 d3sr_status d3sr_check_finite(const float *x, size_t count, const char *what)
 {
     int bad = 0;

@@ -39,4 +39,9 @@ void d3sr_model_leave(d3sr_model *m);
 /* Host input scan: fails naming `what` if any value is NaN or Inf. */
 d3sr_status d3sr_check_finite(const float *x, size_t count, const char *what);
 
+/* Host output scan after a forward: NaN or Inf from finite inputs is a
+ * failure naming `what`, never an answer (upscale would turn it into black
+ * pixels, a metric into a score). */
+d3sr_status d3sr_check_output(const float *out, size_t count, const char *what);
+
 #endif /* D3SR_MODELS_MODEL_H */

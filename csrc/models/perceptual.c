@@ -34,6 +34,7 @@
 /* Pairs per chunk: 2k h w <= 2^19 pixels (one pair of 512 x 512 images), so a
  * VGG16 stage holds about 128 MiB per activation. */
 #define CHUNK_PIXELS (1 << 19)
+#define CHUNK_MAX_PAIRS 64
 
 typedef struct {
     int index, cin, cout, kernel, stride, pad;
@@ -113,21 +114,20 @@ d3sr_status d3sr_perceptual_create(d3sr_perceptual_kind kind, const char *device
     p->n_convs = alex ? 5 : 13;
     p->stage_end = alex ? ALEXNET_STAGE_END : VGG16_STAGE_END;
     p->channels = alex ? ALEXNET_CHANNELS : VGG16_CHANNELS;
-    char name[D3SR_NAME_BYTES];
     for (int i = 0; i < p->n_convs && status == D3SR_OK; i++) {
         const conv_spec *s = &specs[i];
-        snprintf(name, sizeof name, "%s.features.%d", net, s->index);
-        status = d3sr_conv_register(&m->params, &p->convs[i], name, s->cin, s->cout, s->kernel, s->stride, s->pad, 1);
+        status = d3sr_conv_register(&m->params, &p->convs[i], s->cin, s->cout, s->kernel, s->stride, s->pad, 1,
+                                    "%s.features.%d", net, s->index);
     }
     if (kind == D3SR_DISTS) {
         int64_t shape[4] = {1, DISTS_CHANNELS, 1, 1};
         if (status == D3SR_OK) status = d3sr_params_add(&m->params, &p->alpha, D3SR_WEIGHT_VECTOR, 4, shape, "dists.alpha");
         if (status == D3SR_OK) status = d3sr_params_add(&m->params, &p->beta, D3SR_WEIGHT_VECTOR, 4, shape, "dists.beta");
     } else {
-        for (int k = 0; k < STAGES && status == D3SR_OK; k++) {
-            snprintf(name, sizeof name, "lpips.%s.lin%d.model.1", alex ? "alex" : "vgg", k);
-            status = d3sr_conv_register(&m->params, &p->lins[k], name, p->channels[k], 1, 1, 1, 0, 0);
-        }
+        for (int k = 0; k < STAGES && status == D3SR_OK; k++)
+            status = d3sr_conv_register(&m->params, &p->lins[k], p->channels[k], 1, 1, 1, 0, 0,
+                                        "lpips.%s.lin%d.model.1",
+                                        alex ? "alex" : "vgg", k);
     }
     if (status != D3SR_OK) {
         d3sr_model_free(m);
@@ -149,7 +149,6 @@ static int min_side(d3sr_perceptual_kind kind)
 
 static d3sr_status replace(d3sr_ctx *ctx, d3sr_tensor *x, d3sr_tensor *y)
 {
-    d3sr_tensor_release(ctx, x);
     *x = *y;
     return D3SR_OK;
 }
@@ -169,7 +168,6 @@ static d3sr_status compare_halves(d3sr_ctx *ctx, const perceptual_call *call, co
         D3SR_CHECK(d3sr_lpips_distance(ctx, &a, &b, &call->p->lins[slot].weight, &r)); // [k, 1, 1, 1]
         D3SR_CHECK(d3sr_download(ctx, &r, call->results + (size_t)slot * call->k));
     }
-    d3sr_tensor_release(ctx, &r);
     return D3SR_OK;
 }
 
@@ -186,7 +184,6 @@ static d3sr_status perceptual_forward(d3sr_ctx *ctx, void *arg)
         D3SR_CHECK(d3sr_upload(ctx, call->raw, k2, call->h, call->w, 3, &x));       // [2k, h, w, 3]
         D3SR_CHECK(compare_halves(ctx, call, &x, 0, offset));
         offset += (size_t)call->k * 5 * 3;
-        d3sr_tensor_release(ctx, &x);
     }
     D3SR_CHECK(d3sr_upload(ctx, call->input, k2, call->h, call->w, 3, &x));          // [2k, h, w, 3]
     int conv = 0;
@@ -206,7 +203,6 @@ static d3sr_status perceptual_forward(d3sr_ctx *ctx, void *arg)
         D3SR_CHECK(compare_halves(ctx, call, &x, s, offset));
         offset += (size_t)call->k * 5 * p->channels[s];
     }
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 
@@ -313,8 +309,11 @@ d3sr_status d3sr_perceptual_score(d3sr_model *m, const void *a, const void *b, d
 
     const int dists = p->kind == D3SR_DISTS;
     const size_t image = (size_t)h * w * 3;
+    /* Pairs per chunk: bounded by pixels and by count, since each pair also
+     * holds its per-stage results (20 000 pairs of 1 x 1 images took 1 GB). */
     int k = (int)(CHUNK_PIXELS / (2 * (size_t)h * w));
-    k = k < 1 ? 1 : k > n ? n : k;
+    k = k < 1 ? 1 : k > CHUNK_MAX_PAIRS ? CHUNK_MAX_PAIRS : k;
+    k = k > n ? n : k;
     /* host: input [2k][image], raw [2k][image], gray [h w], results, weights */
     const size_t results = dists ? (size_t)k * 5 * DISTS_CHANNELS : (size_t)STAGES * k;
     const size_t need = 4 * (size_t)k * image + (size_t)h * w + results + 2 * DISTS_CHANNELS;
@@ -344,6 +343,9 @@ d3sr_status d3sr_perceptual_score(d3sr_model *m, const void *a, const void *b, d
                     for (int s = 0; s < STAGES; s++) score += call.results[(size_t)s * call.k + j];
                 }
                 scores[i0 + j] = edges ? scores[i0 + j] + score : score;
+                if (!isfinite(scores[i0 + j]))
+                    status = d3sr_fail(D3SR_ERR_VALUE, "%s of pair %d is NaN or Inf although the images were finite: "
+                                       "the metric weights make the network overflow", kind_name(p->kind), i0 + j);
             }
         }
     }

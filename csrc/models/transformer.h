@@ -37,8 +37,9 @@ typedef struct {
     int linear_projection;
 } d3sr_transformer2d_shape;
 
-d3sr_status d3sr_transformer2d_register(d3sr_params *params, d3sr_transformer2d *t, const char *prefix,
-                                        const d3sr_transformer2d_shape *shape);
+d3sr_status d3sr_transformer2d_register(d3sr_params *params, d3sr_transformer2d *t,
+                                        const d3sr_transformer2d_shape *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void d3sr_transformer2d_free(d3sr_transformer2d *t);
 
 /* x [n, h, w, c], context [n, 1, L, cross_attention_dim] -> out [n, h, w, c]. */

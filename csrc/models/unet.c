@@ -11,6 +11,7 @@
  * after the mid block and never builds the rest.
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,9 @@
 #include "model.h"
 #include "transformer.h"
 
-#define MAX_SKIPS (D3SR_MAX_LEVELS * 8 + 1)
+/* conv_in, every ResNet of every down level, every downsampler: check_config
+ * bounds the count. */
+#define MAX_SKIPS (1 + D3SR_MAX_LEVELS * (D3SR_MAX_LAYERS_PER_BLOCK + 1))
 
 typedef struct {
     d3sr_resnet *resnets;            /* owned */
@@ -64,40 +67,75 @@ static void unet_free_impl(void *impl)
     free(u->host_embedding);
 }
 
+/* width in [1, D3SR_MAX_CHANNELS], or a failure naming field. */
+static d3sr_status check_width(int width, const char *field)
+{
+    if (width < 1 || width > D3SR_MAX_CHANNELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "%s = %d is outside [1, %d]", field, width, D3SR_MAX_CHANNELS);
+    return D3SR_OK;
+}
+
+/* Every value checked here, sizes bounded by d3sr.h's limits, so nothing the
+ * model computes from them can overflow and no layer count is unbounded. */
 static d3sr_status check_config(const d3sr_unet_config *c)
 {
     if (c->num_levels < 1 || c->num_levels > D3SR_MAX_LEVELS)
         return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels must have 1 to %d entries, not %d", D3SR_MAX_LEVELS, c->num_levels);
-    if (c->in_channels < 1 || c->out_channels < 1 || c->cross_attention_dim < 1 || c->time_embed_dim < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "in_channels, out_channels, cross_attention_dim and the time embedding width must be positive");
-    if (c->norm_num_groups < 1 || !(c->norm_eps > 0))
-        return d3sr_fail(D3SR_ERR_VALUE, "norm_num_groups and norm_eps must be positive");
+    D3SR_CHECK(check_width(c->in_channels, "in_channels"));
+    D3SR_CHECK(check_width(c->out_channels, "out_channels"));
+    D3SR_CHECK(check_width(c->cross_attention_dim, "cross_attention_dim"));
+    D3SR_CHECK(check_width(c->time_embed_dim, "time_embedding_dim"));
+    D3SR_CHECK(check_width(c->norm_num_groups, "norm_num_groups"));
+    if (!(c->norm_eps > 0) || !isfinite(c->norm_eps))
+        return d3sr_fail(D3SR_ERR_VALUE, "norm_eps = %g must be a positive finite number", (double)c->norm_eps);
     if (c->block_out_channels[0] % 2)
         return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[0] = %d must be even (the sinusoidal embedding's width)",
                          c->block_out_channels[0]);
     for (int i = 0; i < c->num_levels; i++) {
         int ch = c->block_out_channels[i];
-        if (ch < 1 || ch % c->norm_num_groups)
-            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a positive multiple of norm_num_groups = %d",
-                             i, ch, c->norm_num_groups);
-        if (c->layers_per_block[i] < 1)
-            return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block[%d] must be positive", i);
+        if (ch < 1 || ch > D3SR_MAX_CHANNELS || ch % c->norm_num_groups)
+            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a multiple of norm_num_groups = %d "
+                             "in [1, %d]", i, ch, c->norm_num_groups, D3SR_MAX_CHANNELS);
+        if (c->layers_per_block[i] < 1 || c->layers_per_block[i] > D3SR_MAX_LAYERS_PER_BLOCK)
+            return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block[%d] = %d is outside [1, %d]", i, c->layers_per_block[i],
+                             D3SR_MAX_LAYERS_PER_BLOCK);
         if (c->attention_heads[i] < 1 || ch % c->attention_heads[i])
             return d3sr_fail(D3SR_ERR_VALUE, "attention_head_dim[%d] = %d heads do not divide %d channels", i,
                              c->attention_heads[i], ch);
-        if (c->transformer_layers[i] < 1 || c->up_transformer_layers[i] < 1)
-            return d3sr_fail(D3SR_ERR_VALUE, "transformer_layers_per_block must be positive");
+        if (c->transformer_layers[i] < 1 || c->transformer_layers[i] > D3SR_MAX_TRANSFORMER_LAYERS ||
+            c->up_transformer_layers[i] < 1 || c->up_transformer_layers[i] > D3SR_MAX_TRANSFORMER_LAYERS)
+            return d3sr_fail(D3SR_ERR_VALUE, "transformer_layers_per_block[%d] is outside [1, %d]", i,
+                             D3SR_MAX_TRANSFORMER_LAYERS);
     }
-    if (c->text_time && (c->addition_time_embed_dim < 2 || c->addition_time_embed_dim % 2 || c->addition_input_dim < 1))
-        return d3sr_fail(D3SR_ERR_VALUE, "text_time needs an even addition_time_embed_dim and projection_class_embeddings_input_dim");
+    /* diffusers' Downsample2D pads by 0 or 1; more only grows every level's map. */
+    if (c->downsample_padding < 0 || c->downsample_padding > 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "downsample_padding = %d is not supported (0 or 1)", c->downsample_padding);
+    if (c->text_time) {
+        if (c->addition_time_embed_dim < 2 || c->addition_time_embed_dim % 2 || c->addition_input_dim < 1)
+            return d3sr_fail(D3SR_ERR_VALUE,
+                             "text_time needs an even addition_time_embed_dim and projection_class_embeddings_input_dim");
+        D3SR_CHECK(check_width(c->addition_time_embed_dim, "addition_time_embed_dim"));
+        D3SR_CHECK(check_width(c->addition_input_dim, "projection_class_embeddings_input_dim"));
+    }
+    /* The sinusoids divide by half - freq_shift: it must stay positive and finite. */
+    int half = c->block_out_channels[0] / 2;
+    if (c->text_time && c->addition_time_embed_dim / 2 < half) half = c->addition_time_embed_dim / 2;
+    if (!isfinite(c->freq_shift) || c->freq_shift < 0 || c->freq_shift >= (float)half)
+        return d3sr_fail(D3SR_ERR_VALUE, "freq_shift = %g must be in [0, %d) (half the sinusoidal embedding's width)",
+                         (double)c->freq_shift, half);
     return D3SR_OK;
 }
 
 /* A level's ResNets (and transformers when cross is set) and its resample conv. */
-static d3sr_status register_level(d3sr_params *p, const d3sr_unet_config *c, unet_level *level, const char *prefix,
-                                  int n_resnets, const int *resnet_in, int cout, int cross, int heads, int depth)
+static d3sr_status register_level(d3sr_params *p, const d3sr_unet_config *c, unet_level *level, int n_resnets,
+                                  const int *resnet_in, int cout, int cross, int heads, int depth,
+                                  const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     level->resnets = calloc((size_t)n_resnets, sizeof *level->resnets);
     level->attentions = cross ? calloc((size_t)n_resnets, sizeof *level->attentions) : NULL;
     if (!level->resnets || (cross && !level->attentions))
@@ -106,12 +144,10 @@ static d3sr_status register_level(d3sr_params *p, const d3sr_unet_config *c, une
     d3sr_transformer2d_shape shape = {cout, heads, depth, c->cross_attention_dim, c->norm_num_groups,
                                       c->use_linear_projection};
     for (int j = 0; j < n_resnets; j++) {
-        snprintf(name, sizeof name, "%s.resnets.%d", prefix, j);
-        D3SR_CHECK(d3sr_resnet_register(p, &level->resnets[j], name, resnet_in[j], cout, c->time_embed_dim,
-                                        c->norm_num_groups, c->norm_eps));
+        D3SR_CHECK(d3sr_resnet_register(p, &level->resnets[j], resnet_in[j], cout, c->time_embed_dim, c->norm_num_groups,
+                                        c->norm_eps, "%s.resnets.%d", prefix, j));
         if (cross) {
-            snprintf(name, sizeof name, "%s.attentions.%d", prefix, j);
-            D3SR_CHECK(d3sr_transformer2d_register(p, &level->attentions[j], name, &shape));
+            D3SR_CHECK(d3sr_transformer2d_register(p, &level->attentions[j], &shape, "%s.attentions.%d", prefix, j));
         }
     }
     return D3SR_OK;
@@ -121,39 +157,38 @@ static d3sr_status register_unet(d3sr_params *p, unet *u)
 {
     const d3sr_unet_config *c = &u->cfg;
     const int *boc = c->block_out_channels, last = c->num_levels - 1;
-    char name[D3SR_NAME_BYTES];
-    int resnet_in[D3SR_MAX_LEVELS * 4 + 2];
+    int resnet_in[D3SR_MAX_LAYERS_PER_BLOCK + 1];
 
-    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_1, "time_embedding.linear_1", boc[0], c->time_embed_dim, 1));
-    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_2, "time_embedding.linear_2", c->time_embed_dim, c->time_embed_dim, 1));
+    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_1, boc[0], c->time_embed_dim, 1, "time_embedding.linear_1"));
+    D3SR_CHECK(d3sr_linear_register(p, &u->time_linear_2, c->time_embed_dim, c->time_embed_dim, 1,
+                                    "time_embedding.linear_2"));
     if (c->text_time) {
-        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_1, "add_embedding.linear_1", c->addition_input_dim, c->time_embed_dim, 1));
-        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_2, "add_embedding.linear_2", c->time_embed_dim, c->time_embed_dim, 1));
+        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_1, c->addition_input_dim, c->time_embed_dim, 1,
+                                        "add_embedding.linear_1"));
+        D3SR_CHECK(d3sr_linear_register(p, &u->add_linear_2, c->time_embed_dim, c->time_embed_dim, 1,
+                                        "add_embedding.linear_2"));
     }
-    D3SR_CHECK(d3sr_conv_register(p, &u->conv_in, "conv_in", c->in_channels, boc[0], 3, 1, 1, 1));
+    D3SR_CHECK(d3sr_conv_register(p, &u->conv_in, c->in_channels, boc[0], 3, 1, 1, 1, "conv_in"));
 
     for (int i = 0; i <= last; i++) {
         unet_level *level = &u->down[i];
-        int n = c->layers_per_block[i];
-        if (n > D3SR_MAX_LEVELS * 4) return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block[%d] = %d is too large", i, n);
+        int n = c->layers_per_block[i]; /* at most D3SR_MAX_LAYERS_PER_BLOCK (check_config) */
         for (int j = 0; j < n; j++) resnet_in[j] = j == 0 ? (i ? boc[i - 1] : boc[0]) : boc[i];
-        snprintf(name, sizeof name, "down_blocks.%d", i);
-        D3SR_CHECK(register_level(p, c, level, name, n, resnet_in, boc[i], c->down_cross_attention[i],
-                                  c->attention_heads[i], c->transformer_layers[i]));
+        D3SR_CHECK(register_level(p, c, level, n, resnet_in, boc[i], c->down_cross_attention[i], c->attention_heads[i], c->transformer_layers[i], "down_blocks.%d", i));
         level->has_resample = i < last;
         if (level->has_resample) {
-            snprintf(name, sizeof name, "down_blocks.%d.downsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, boc[i], boc[i], 3, 2, c->downsample_padding, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, boc[i], boc[i], 3, 2, c->downsample_padding, 1,
+                                          "down_blocks.%d.downsamplers.0.conv", i));
         }
     }
 
     d3sr_transformer2d_shape mid = {boc[last], c->attention_heads[last], c->transformer_layers[last],
                                     c->cross_attention_dim, c->norm_num_groups, c->use_linear_projection};
-    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet0, "mid_block.resnets.0", boc[last], boc[last], c->time_embed_dim,
-                                    c->norm_num_groups, c->norm_eps));
-    D3SR_CHECK(d3sr_transformer2d_register(p, &u->mid_attention, "mid_block.attentions.0", &mid));
-    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet1, "mid_block.resnets.1", boc[last], boc[last], c->time_embed_dim,
-                                    c->norm_num_groups, c->norm_eps));
+    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet0, boc[last], boc[last], c->time_embed_dim, c->norm_num_groups,
+                                    c->norm_eps, "mid_block.resnets.0"));
+    D3SR_CHECK(d3sr_transformer2d_register(p, &u->mid_attention, &mid, "mid_block.attentions.0"));
+    D3SR_CHECK(d3sr_resnet_register(p, &u->mid_resnet1, boc[last], boc[last], c->time_embed_dim, c->norm_num_groups,
+                                    c->norm_eps, "mid_block.resnets.1"));
     if (u->trunk_only) return D3SR_OK;
 
     /* Up level i mirrors down level last - i; its ResNets take [h | skip]. */
@@ -161,20 +196,17 @@ static d3sr_status register_unet(d3sr_params *p, unet *u)
     for (int i = 0; i <= last; i++) {
         int down = last - i, cout = boc[down], skip_in = boc[down > 0 ? down - 1 : 0];
         int n = c->layers_per_block[down] + 1;
-        if (n > D3SR_MAX_LEVELS * 4) return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block is too large");
         for (int j = 0; j < n; j++) resnet_in[j] = (j == 0 ? prev : cout) + (j == n - 1 ? skip_in : cout);
-        snprintf(name, sizeof name, "up_blocks.%d", i);
-        D3SR_CHECK(register_level(p, c, &u->up[i], name, n, resnet_in, cout, c->up_cross_attention[i],
-                                  c->attention_heads[down], c->up_transformer_layers[i]));
+        D3SR_CHECK(register_level(p, c, &u->up[i], n, resnet_in, cout, c->up_cross_attention[i], c->attention_heads[down], c->up_transformer_layers[i], "up_blocks.%d", i));
         u->up[i].has_resample = i < last;
         if (u->up[i].has_resample) {
-            snprintf(name, sizeof name, "up_blocks.%d.upsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &u->up[i].resample, name, cout, cout, 3, 1, 1, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &u->up[i].resample, cout, cout, 3, 1, 1, 1,
+                                          "up_blocks.%d.upsamplers.0.conv", i));
         }
         prev = cout;
     }
-    D3SR_CHECK(d3sr_norm_register(p, &u->norm_out, "conv_norm_out", boc[0], c->norm_num_groups, c->norm_eps));
-    return d3sr_conv_register(p, &u->conv_out, "conv_out", boc[0], c->out_channels, 3, 1, 1, 1);
+    D3SR_CHECK(d3sr_norm_register(p, &u->norm_out, boc[0], c->norm_num_groups, c->norm_eps, "conv_norm_out"));
+    return d3sr_conv_register(p, &u->conv_out, boc[0], c->out_channels, 3, 1, 1, 1, "conv_out");
 }
 
 d3sr_status d3sr_unet_create(const d3sr_unet_config *cfg, int trunk_only, const char *device, d3sr_dtype dtype,
@@ -235,11 +267,8 @@ static d3sr_status embed_time(d3sr_ctx *ctx, const unet_call *call, d3sr_tensor 
     timestep_embedding(call->timesteps, n, dim0, c->flip_sin_to_cos, c->freq_shift, call->host_embedding);
     D3SR_CHECK(d3sr_upload(ctx, call->host_embedding, n, 1, 1, dim0, &t));            // [n, 1, 1, c0]
     D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->time_linear_1, NULL, &h));             // [n, 1, 1, ted]
-    d3sr_tensor_release(ctx, &t);
     D3SR_CHECK(d3sr_activation(ctx, &h, D3SR_ACT_SILU, 0.0f, &t));
-    d3sr_tensor_release(ctx, &h);
     D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->time_linear_2, NULL, &emb));           // [n, 1, 1, ted]
-    d3sr_tensor_release(ctx, &t);
     if (c->text_time) {
         /* [text_embeds | sinusoids of each time_id], as diffusers' get_aug_embed. */
         float *aug = call->host_embedding + (size_t)n * dim0;
@@ -253,32 +282,35 @@ static d3sr_status embed_time(d3sr_ctx *ctx, const unet_call *call, d3sr_tensor 
         d3sr_tensor a;
         D3SR_CHECK(d3sr_upload(ctx, aug, n, 1, 1, width, &t));                        // [n, 1, 1, 2816]
         D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->add_linear_1, NULL, &h));
-        d3sr_tensor_release(ctx, &t);
         D3SR_CHECK(d3sr_activation(ctx, &h, D3SR_ACT_SILU, 0.0f, &t));
-        d3sr_tensor_release(ctx, &h);
         D3SR_CHECK(d3sr_linear_apply(ctx, &t, &u->add_linear_2, NULL, &a));           // [n, 1, 1, ted]
-        d3sr_tensor_release(ctx, &t);
         D3SR_CHECK(d3sr_add_inplace(ctx, &emb, &a));
-        d3sr_tensor_release(ctx, &a);
     }
     D3SR_CHECK(d3sr_activation(ctx, &emb, D3SR_ACT_SILU, 0.0f, temb_silu));
-    d3sr_tensor_release(ctx, &emb);
     return D3SR_OK;
 }
 
 /* x <- resnet(x) then transformer(x) for ResNet j of a level (x released). */
+/* Layer j of a level: its ResNet, then its transformer if the level has them. */
 static d3sr_status run_layer(d3sr_ctx *ctx, const unet_level *level, int j, d3sr_tensor *x,
                              const d3sr_tensor *temb, const d3sr_tensor *context)
 {
     d3sr_tensor y;
     D3SR_CHECK(d3sr_resnet_forward(ctx, &level->resnets[j], x, temb, &y));
-    d3sr_tensor_release(ctx, x);
     *x = y;
     if (level->attentions) {
         D3SR_CHECK(d3sr_transformer2d_forward(ctx, &level->attentions[j], x, context, &y));
-        d3sr_tensor_release(ctx, x);
         *x = y;
     }
+    return D3SR_OK;
+}
+
+/* Skips are kept as tensors; the arena frees each after the concat that reads it
+ * (the trunk reads none, so its skips are freed as soon as they are made). */
+static d3sr_status push_skip(d3sr_tensor *skips, int *n_skips, const d3sr_tensor *x)
+{
+    if (*n_skips == MAX_SKIPS) return d3sr_fail(D3SR_ERR_VALUE, "this UNet has more than %d skip connections", MAX_SKIPS);
+    skips[(*n_skips)++] = *x;
     return D3SR_OK;
 }
 
@@ -296,54 +328,35 @@ static d3sr_status unet_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(d3sr_upload(ctx, call->context, call->n, 1, call->context_len, c->cross_attention_dim, &context));
     D3SR_CHECK(d3sr_upload_nchw(ctx, call->sample, call->n, c->in_channels, call->h, call->w, &x)); // [n, h, w, in]
     D3SR_CHECK(d3sr_conv2d(ctx, &x, &u->conv_in, NULL, &y));                             // [n, h, w, c0]
-    d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "conv_in"));
-    const int keep_skips = !u->trunk_only;
 
     /* Down: every ResNet(+transformer) output and every downsampled map is a skip. */
-    if (keep_skips) skips[n_skips++] = x;
+    D3SR_CHECK(push_skip(skips, &n_skips, &x));
     for (int i = 0; i <= last; i++) {
         const unet_level *level = &u->down[i];
         for (int j = 0; j < level->n_resnets; j++) {
-            d3sr_tensor h = x;
-            if (keep_skips) { /* the skip keeps the input; the layer writes a new tensor */
-                D3SR_CHECK(d3sr_resnet_forward(ctx, &level->resnets[j], &h, &temb, &x));
-                if (level->attentions) {
-                    D3SR_CHECK(d3sr_transformer2d_forward(ctx, &level->attentions[j], &x, &context, &y));
-                    d3sr_tensor_release(ctx, &x);
-                    x = y;
-                }
-                skips[n_skips++] = x;
-            } else {
-                D3SR_CHECK(run_layer(ctx, level, j, &x, &temb, &context));
-            }
+            D3SR_CHECK(run_layer(ctx, level, j, &x, &temb, &context));
+            D3SR_CHECK(push_skip(skips, &n_skips, &x));
         }
         if (level->has_resample) {
             D3SR_CHECK(d3sr_conv2d(ctx, &x, &level->resample, NULL, &y));               // [n, h/2, w/2, c]
-            if (!keep_skips) d3sr_tensor_release(ctx, &x);
             x = y;
-            if (keep_skips) skips[n_skips++] = x;
+            D3SR_CHECK(push_skip(skips, &n_skips, &x));
         }
         D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "down_blocks.%d", i));
     }
 
-    /* Mid. With skips kept, x is also the last skip: work on copies' results. */
+    /* Mid */
     D3SR_CHECK(d3sr_resnet_forward(ctx, &u->mid_resnet0, &x, &temb, &y));
-    if (!keep_skips) d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_transformer2d_forward(ctx, &u->mid_attention, &x, &context, &y));
-    d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_resnet_forward(ctx, &u->mid_resnet1, &x, &temb, &y));
-    d3sr_tensor_release(ctx, &x);
     x = y;
     D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "mid_block"));
     if (u->trunk_only) {
         D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, x.c, call->out));
-        d3sr_tensor_release(ctx, &x);
-        d3sr_tensor_release(ctx, &context);
-        d3sr_tensor_release(ctx, &temb);
         return D3SR_OK;
     }
 
@@ -353,28 +366,19 @@ static d3sr_status unet_forward(d3sr_ctx *ctx, void *arg)
         for (int j = 0; j < level->n_resnets; j++) {
             d3sr_tensor *skip = &skips[--n_skips];
             D3SR_CHECK(d3sr_concat_channels(ctx, &x, skip, &y));                        // [n, h, w, c + c_skip]
-            d3sr_tensor_release(ctx, &x);
-            d3sr_tensor_release(ctx, skip);
             x = y;
             D3SR_CHECK(run_layer(ctx, level, j, &x, &temb, &context));
         }
         if (level->has_resample) {
             const d3sr_tensor *next = &skips[n_skips - 1]; /* upsample to the next skip's size */
             D3SR_CHECK(d3sr_upsample_nearest(ctx, &x, next->h, next->w, &y));
-            d3sr_tensor_release(ctx, &x);
             D3SR_CHECK(d3sr_conv2d(ctx, &y, &level->resample, NULL, &x));
-            d3sr_tensor_release(ctx, &y);
         }
         D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "up_blocks.%d", i));
     }
-    d3sr_tensor_release(ctx, &context);
-    d3sr_tensor_release(ctx, &temb);
     D3SR_CHECK(d3sr_group_norm(ctx, &x, &u->norm_out, 1, &y));
-    d3sr_tensor_release(ctx, &x);
     D3SR_CHECK(d3sr_conv2d(ctx, &y, &u->conv_out, NULL, &x));                           // [n, h, w, out]
-    d3sr_tensor_release(ctx, &y);
     D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->out_channels, call->out));
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 
@@ -423,8 +427,9 @@ d3sr_status d3sr_unet_forward(d3sr_model *m, const float *sample, int n, int h, 
         goto done;
     }
     if (c->text_time) {
+        /* 64-bit: T * D overflows an int for T = 2^29, and embed_time writes P + T * D floats. */
         if (!text_embeds || !time_ids || text_dim < 1 || n_time_ids < 1 ||
-            text_dim + n_time_ids * c->addition_time_embed_dim != c->addition_input_dim) {
+            (int64_t)text_dim + (int64_t)n_time_ids * c->addition_time_embed_dim != c->addition_input_dim) {
             status = d3sr_fail(D3SR_ERR_VALUE,
                                "this UNet (addition_embed_type 'text_time') needs text_embeds [N, P] and time_ids [N, T] "
                                "with P + T * %d = %d, got P = %d, T = %d", c->addition_time_embed_dim,
@@ -462,6 +467,9 @@ d3sr_status d3sr_unet_forward(d3sr_model *m, const float *sample, int n, int h, 
     unet_call call = {u, sample, timesteps, context, text_embeds, time_ids, n, h, w, context_len, text_dim, n_time_ids,
                       u->host_embedding, out};
     status = d3sr_ctx_run(&m->ctx, unet_forward, &call);
+    if (status == D3SR_OK)
+        status = d3sr_check_output(out, (size_t)out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3],
+                                   "the UNet's output");
 done:
     d3sr_model_leave(m);
     return status;

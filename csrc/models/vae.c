@@ -10,6 +10,7 @@
  * conv_out. Every norm uses eps 1e-6, as diffusers builds them.
  */
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,45 +65,56 @@ static d3sr_status check_config(const d3sr_vae_config *c)
 {
     if (c->num_levels < 1 || c->num_levels > D3SR_MAX_LEVELS)
         return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels must have 1 to %d entries, not %d", D3SR_MAX_LEVELS, c->num_levels);
-    if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "in_channels, out_channels and latent_channels must be positive");
-    if (c->layers_per_block < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block must be positive, not %d", c->layers_per_block);
-    if (c->norm_num_groups < 1)
-        return d3sr_fail(D3SR_ERR_VALUE, "norm_num_groups must be positive, not %d", c->norm_num_groups);
+    /* Sizes bounded by d3sr.h's limits, so nothing derived from them overflows. */
+    if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1 || c->in_channels > D3SR_MAX_CHANNELS ||
+        c->out_channels > D3SR_MAX_CHANNELS || c->latent_channels > D3SR_MAX_CHANNELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "in_channels, out_channels and latent_channels must be in [1, %d]",
+                         D3SR_MAX_CHANNELS);
+    if (c->layers_per_block < 1 || c->layers_per_block > D3SR_MAX_LAYERS_PER_BLOCK)
+        return d3sr_fail(D3SR_ERR_VALUE, "layers_per_block = %d is outside [1, %d]", c->layers_per_block,
+                         D3SR_MAX_LAYERS_PER_BLOCK);
+    if (c->norm_num_groups < 1 || c->norm_num_groups > D3SR_MAX_CHANNELS)
+        return d3sr_fail(D3SR_ERR_VALUE, "norm_num_groups = %d is outside [1, %d]", c->norm_num_groups, D3SR_MAX_CHANNELS);
     for (int i = 0; i < c->num_levels; i++)
-        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups != 0)
-            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a positive multiple of norm_num_groups = %d",
-                             i, c->block_out_channels[i], c->norm_num_groups);
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] > D3SR_MAX_CHANNELS ||
+            c->block_out_channels[i] % c->norm_num_groups != 0)
+            return d3sr_fail(D3SR_ERR_VALUE, "block_out_channels[%d] = %d is not a multiple of norm_num_groups = %d "
+                             "in [1, %d]", i, c->block_out_channels[i], c->norm_num_groups, D3SR_MAX_CHANNELS);
     return D3SR_OK;
 }
 
-static d3sr_status register_mid(d3sr_params *params, vae_mid_block *mid, const char *prefix,
-                                const d3sr_vae_config *c)
+static d3sr_status register_mid(d3sr_params *params, vae_mid_block *mid, const d3sr_vae_config *c,
+                                const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     int ch = c->block_out_channels[c->num_levels - 1], g = c->norm_num_groups;
-    snprintf(name, sizeof name, "%s.resnets.0", prefix);
-    D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, name, ch, ch, 0, g, VAE_EPS));
+    D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, ch, ch, 0, g, VAE_EPS, "%s.resnets.0", prefix));
     mid->has_attention = c->mid_block_add_attention;
     if (mid->has_attention) {
-        snprintf(name, sizeof name, "%s.attentions.0", prefix);
-        D3SR_CHECK(d3sr_spatial_attention_register(params, &mid->attention, name, ch, 1, g, VAE_EPS));
+        D3SR_CHECK(d3sr_spatial_attention_register(params, &mid->attention, ch, 1, g, VAE_EPS, "%s.attentions.0",
+                                                   prefix));
     }
-    snprintf(name, sizeof name, "%s.resnets.1", prefix);
-    return d3sr_resnet_register(params, &mid->resnet1, name, ch, ch, 0, g, VAE_EPS);
+    return d3sr_resnet_register(params, &mid->resnet1, ch, ch, 0, g, VAE_EPS, "%s.resnets.1", prefix);
 }
 
-static d3sr_status register_level(d3sr_params *params, vae_level *level, const char *prefix,
-                                  int n_resnets, int cin, int cout, int groups)
+static d3sr_status register_level(d3sr_params *params, vae_level *level, int n_resnets, int cin, int cout, int groups,
+                                  const char *fmt, ...)
 {
-    char name[D3SR_NAME_BYTES];
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     level->resnets = calloc((size_t)n_resnets, sizeof *level->resnets);
     if (!level->resnets) return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory building the VAE");
     level->n_resnets = n_resnets;
     for (int j = 0; j < n_resnets; j++) {
-        snprintf(name, sizeof name, "%s.resnets.%d", prefix, j);
-        D3SR_CHECK(d3sr_resnet_register(params, &level->resnets[j], name, j == 0 ? cin : cout, cout, 0, groups, VAE_EPS));
+        D3SR_CHECK(d3sr_resnet_register(params, &level->resnets[j], j == 0 ? cin : cout, cout, 0, groups, VAE_EPS,
+                                        "%s.resnets.%d", prefix, j));
     }
     return D3SR_OK;
 }
@@ -111,24 +123,24 @@ static d3sr_status register_encoder(d3sr_params *p, vae *v)
 {
     const d3sr_vae_config *c = &v->cfg;
     const int *boc = c->block_out_channels, g = c->norm_num_groups, last = c->num_levels - 1;
-    char name[D3SR_NAME_BYTES];
-    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_in, "encoder.conv_in", c->in_channels, boc[0], 3, 1, 1, 1));
+    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_in, c->in_channels, boc[0], 3, 1, 1, 1, "encoder.conv_in"));
     for (int i = 0; i <= last; i++) {
         vae_level *level = &v->enc_levels[i];
-        snprintf(name, sizeof name, "encoder.down_blocks.%d", i);
-        D3SR_CHECK(register_level(p, level, name, c->layers_per_block, i ? boc[i - 1] : boc[0], boc[i], g));
+        D3SR_CHECK(register_level(p, level, c->layers_per_block, i ? boc[i - 1] : boc[0], boc[i], g, "encoder.down_blocks.%d", i));
         level->has_resample = i < last;
         if (level->has_resample) {
-            snprintf(name, sizeof name, "encoder.down_blocks.%d.downsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, boc[i], boc[i], 3, 2, 0, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, boc[i], boc[i], 3, 2, 0, 1,
+                                          "encoder.down_blocks.%d.downsamplers.0.conv", i));
             level->resample.pad_bottom = level->resample.pad_right = 1; /* F.pad(x, (0, 1, 0, 1)) */
         }
     }
-    D3SR_CHECK(register_mid(p, &v->enc_mid, "encoder.mid_block", c));
-    D3SR_CHECK(d3sr_norm_register(p, &v->enc_norm_out, "encoder.conv_norm_out", boc[last], g, VAE_EPS));
-    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_out, "encoder.conv_out", boc[last], 2 * c->latent_channels, 3, 1, 1, 1));
+    D3SR_CHECK(register_mid(p, &v->enc_mid, c, "encoder.mid_block"));
+    D3SR_CHECK(d3sr_norm_register(p, &v->enc_norm_out, boc[last], g, VAE_EPS, "encoder.conv_norm_out"));
+    D3SR_CHECK(d3sr_conv_register(p, &v->enc_conv_out, boc[last], 2 * c->latent_channels, 3, 1, 1, 1,
+                                  "encoder.conv_out"));
     if (c->use_quant_conv)
-        D3SR_CHECK(d3sr_conv_register(p, &v->quant_conv, "quant_conv", 2 * c->latent_channels, 2 * c->latent_channels, 1, 1, 0, 1));
+        D3SR_CHECK(d3sr_conv_register(p, &v->quant_conv, 2 * c->latent_channels, 2 * c->latent_channels, 1, 1, 0, 1,
+                                      "quant_conv"));
     return D3SR_OK;
 }
 
@@ -136,26 +148,25 @@ static d3sr_status register_decoder(d3sr_params *p, vae *v)
 {
     const d3sr_vae_config *c = &v->cfg;
     const int *boc = c->block_out_channels, g = c->norm_num_groups, last = c->num_levels - 1;
-    char name[D3SR_NAME_BYTES];
     if (c->use_post_quant_conv)
-        D3SR_CHECK(d3sr_conv_register(p, &v->post_quant_conv, "post_quant_conv", c->latent_channels, c->latent_channels, 1, 1, 0, 1));
-    D3SR_CHECK(d3sr_conv_register(p, &v->dec_conv_in, "decoder.conv_in", c->latent_channels, boc[last], 3, 1, 1, 1));
-    D3SR_CHECK(register_mid(p, &v->dec_mid, "decoder.mid_block", c));
+        D3SR_CHECK(d3sr_conv_register(p, &v->post_quant_conv, c->latent_channels, c->latent_channels, 1, 1, 0, 1,
+                                      "post_quant_conv"));
+    D3SR_CHECK(d3sr_conv_register(p, &v->dec_conv_in, c->latent_channels, boc[last], 3, 1, 1, 1, "decoder.conv_in"));
+    D3SR_CHECK(register_mid(p, &v->dec_mid, c, "decoder.mid_block"));
     int prev = boc[last];
     for (int i = 0; i <= last; i++) {
         int cout = boc[last - i];
         vae_level *level = &v->dec_levels[i];
-        snprintf(name, sizeof name, "decoder.up_blocks.%d", i);
-        D3SR_CHECK(register_level(p, level, name, c->layers_per_block + 1, prev, cout, g));
+        D3SR_CHECK(register_level(p, level, c->layers_per_block + 1, prev, cout, g, "decoder.up_blocks.%d", i));
         level->has_resample = i < last;
         if (level->has_resample) {
-            snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.conv", i);
-            D3SR_CHECK(d3sr_conv_register(p, &level->resample, name, cout, cout, 3, 1, 1, 1));
+            D3SR_CHECK(d3sr_conv_register(p, &level->resample, cout, cout, 3, 1, 1, 1,
+                                          "decoder.up_blocks.%d.upsamplers.0.conv", i));
         }
         prev = cout;
     }
-    D3SR_CHECK(d3sr_norm_register(p, &v->dec_norm_out, "decoder.conv_norm_out", boc[0], g, VAE_EPS));
-    return d3sr_conv_register(p, &v->dec_conv_out, "decoder.conv_out", boc[0], c->out_channels, 3, 1, 1, 1);
+    D3SR_CHECK(d3sr_norm_register(p, &v->dec_norm_out, boc[0], g, VAE_EPS, "decoder.conv_norm_out"));
+    return d3sr_conv_register(p, &v->dec_conv_out, boc[0], c->out_channels, 3, 1, 1, 1, "decoder.conv_out");
 }
 
 d3sr_status d3sr_vae_create(const d3sr_vae_config *cfg, int parts, const char *device,
@@ -189,7 +200,6 @@ static d3sr_status run_resnets(d3sr_ctx *ctx, const d3sr_resnet *resnets, int co
     for (int j = 0; j < count; j++) {
         d3sr_tensor y;
         D3SR_CHECK(d3sr_resnet_forward(ctx, &resnets[j], x, NULL, &y));
-        d3sr_tensor_release(ctx, x);
         *x = y;
     }
     return D3SR_OK;
@@ -199,7 +209,6 @@ static d3sr_status run_conv(d3sr_ctx *ctx, const d3sr_conv *conv, d3sr_tensor *x
 {
     d3sr_tensor y;
     D3SR_CHECK(d3sr_conv2d(ctx, x, conv, NULL, &y));
-    d3sr_tensor_release(ctx, x);
     *x = y;
     return D3SR_OK;
 }
@@ -210,7 +219,6 @@ static d3sr_status run_mid(d3sr_ctx *ctx, const vae_mid_block *mid, d3sr_tensor 
     if (mid->has_attention) {
         d3sr_tensor y;
         D3SR_CHECK(d3sr_spatial_attention_forward(ctx, &mid->attention, x, &y));
-        d3sr_tensor_release(ctx, x);
         *x = y;
     }
     return run_resnets(ctx, &mid->resnet1, 1, x);
@@ -220,7 +228,6 @@ static d3sr_status run_norm_silu(d3sr_ctx *ctx, const d3sr_norm *norm, d3sr_tens
 {
     d3sr_tensor y;
     D3SR_CHECK(d3sr_group_norm(ctx, x, norm, 1, &y));
-    d3sr_tensor_release(ctx, x);
     *x = y;
     return D3SR_OK;
 }
@@ -253,7 +260,6 @@ static d3sr_status encode_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(run_conv(ctx, &v->enc_conv_out, &x));                                               // [n, h, w, 2 * latent]
     if (c->use_quant_conv) D3SR_CHECK(run_conv(ctx, &v->quant_conv, &x));                          // [n, h, w, 2 * latent]
     D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->latent_channels, call->output));                  // mean: [n, latent, h, w]
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 
@@ -275,7 +281,6 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
         if (level->has_resample) {
             d3sr_tensor up;
             D3SR_CHECK(d3sr_upsample_nearest(ctx, &x, 2 * x.h, 2 * x.w, &up));                     // [n, 2h, 2w, c]
-            d3sr_tensor_release(ctx, &x);
             x = up;
             D3SR_CHECK(run_conv(ctx, &level->resample, &x));
         }
@@ -284,7 +289,6 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(run_norm_silu(ctx, &v->dec_norm_out, &x));
     D3SR_CHECK(run_conv(ctx, &v->dec_conv_out, &x));                                               // [n, H, W, out]
     D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->out_channels, call->output));                     // [n, out, H, W]
-    d3sr_tensor_release(ctx, &x);
     return D3SR_OK;
 }
 
@@ -306,6 +310,13 @@ static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_statu
     if (status == D3SR_OK) {
         vae_call call = {v, input, n, h, w, output};
         status = d3sr_ctx_run(&m->ctx, forward, &call);
+    }
+    if (status == D3SR_OK) {
+        int64_t in_shape[4] = {n, channels, h, w}, out_shape[4];
+        status = d3sr_vae_output_shape(m, part == D3SR_VAE_ENCODER, in_shape, out_shape);
+        if (status == D3SR_OK)
+            status = d3sr_check_output(output, (size_t)out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3],
+                                       part == D3SR_VAE_ENCODER ? "the VAE encoder's output" : "the VAE decoder's output");
     }
     d3sr_model_leave(m);
     return status;

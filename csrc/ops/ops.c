@@ -7,6 +7,7 @@
  */
 #include "ops.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -43,7 +44,11 @@ d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, vo
     int capturing = ctx->capture.enabled;
     d3sr_capture_clear(&ctx->capture);
     ctx->capture.enabled = capturing;
-    d3sr_arena_begin(&ctx->arena, 1);
+    /* Two planning passes cost no arithmetic: the first learns when each
+     * activation is last read, the second measures the peak with each freed then. */
+    d3sr_arena_begin(&ctx->arena, D3SR_PASS_RECORD);
+    D3SR_CHECK(forward(ctx, arg));
+    d3sr_arena_begin(&ctx->arena, D3SR_PASS_PLAN);
     D3SR_CHECK(forward(ctx, arg));
     size_t need = ctx->arena.peak;
     if (need > ctx->arena.capacity) {
@@ -53,7 +58,7 @@ d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, vo
         D3SR_CHECK(ctx->backend->alloc(ctx, need, (void **)&ctx->arena.base));
         ctx->arena.capacity = need;
     }
-    d3sr_arena_begin(&ctx->arena, 0);
+    d3sr_arena_begin(&ctx->arena, D3SR_PASS_RUN);
     return forward(ctx, arg);
 }
 
@@ -95,6 +100,32 @@ static d3sr_status profile_end(d3sr_ctx *ctx, d3sr_op_id op, double start, d3sr_
     ctx->profile.seconds[op] += profile_begin(ctx) - start;
     ctx->profile.calls[op]++;
     return D3SR_OK;
+}
+
+/* ---- steps: every op reads its inputs, then ends a step ---------------- */
+
+/* Notes what the current op reads (NULLs are skipped), so the arena frees
+ * each activation right after the last op that reads it. */
+static void reads(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b, const d3sr_tensor *c)
+{
+    const d3sr_tensor *inputs[3] = {a, b, c};
+    for (int i = 0; i < 3; i++)
+        if (inputs[i]) d3sr_arena_use(&ctx->arena, inputs[i]->data);
+}
+
+/* The end of an op that was planned, not run. */
+static d3sr_status planned(d3sr_ctx *ctx)
+{
+    d3sr_arena_step_end(&ctx->arena);
+    return D3SR_OK;
+}
+
+/* The end of an op that ran: profiling, then the step. */
+static d3sr_status ran(d3sr_ctx *ctx, d3sr_op_id op, double start, d3sr_status status)
+{
+    status = profile_end(ctx, op, start, status);
+    if (status == D3SR_OK) d3sr_arena_step_end(&ctx->arena);
+    return status;
 }
 
 /* Ops a backend may leave out (the metrics' ones): an error, not a NULL call. */
@@ -140,9 +171,14 @@ d3sr_status d3sr_ctx_require(const d3sr_ctx *ctx, const char *model, const char 
 
 /* ---- weights ----------------------------------------------------------- */
 
-d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char *prefix, int cin,
-                               int cout, int kernel, int stride, int pad, int bias)
+d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, int cin,
+                               int cout, int kernel, int stride, int pad, int bias, const char *fmt, ...)
 {
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     memset(conv, 0, sizeof *conv);
     conv->cin = cin;
     conv->cout = cout;
@@ -158,9 +194,14 @@ d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char 
     return D3SR_OK;
 }
 
-d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, const char *prefix, int in,
-                                 int out, int bias)
+d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, int in,
+                                 int out, int bias, const char *fmt, ...)
 {
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     memset(lin, 0, sizeof *lin);
     lin->in = in;
     lin->out = out;
@@ -173,9 +214,14 @@ d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, const ch
     return D3SR_OK;
 }
 
-d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, const char *prefix,
-                               int channels, int groups, float eps)
+d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, int channels, int groups, float eps,
+                               const char *fmt, ...)
 {
+    char prefix[D3SR_NAME_BYTES];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, args);
+    va_end(args);
     memset(norm, 0, sizeof *norm);
     norm->channels = channels;
     norm->groups = groups;
@@ -235,6 +281,13 @@ d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtyp
         }
         f32 = converted;
     }
+    /* Refused at load, where it is cheap and the name is known: NaN or Inf in
+     * a weight only ever yields NaN outputs (black pixels, NaN scores). */
+    for (size_t i = 0; i < count; i++)
+        if (!isfinite(f32[i])) {
+            free(converted);
+            return d3sr_fail(D3SR_ERR_VALUE, "weight '%s' contains NaN or Inf (element %zu)", param->name, i);
+        }
 
     const int64_t *s = param->shape;
     memset(dst, 0, sizeof *dst);
@@ -262,6 +315,12 @@ d3sr_status d3sr_tensor_new(d3sr_ctx *ctx, int n, int h, int w, int c, d3sr_tens
 {
     if (n <= 0 || h <= 0 || w <= 0 || c <= 0)
         return d3sr_fail(D3SR_ERR_VALUE, "internal error: tensor shape [%d, %d, %d, %d] is empty", n, h, w, c);
+    /* Kernels index rows (n x h x w) and channels with 32-bit integers and
+     * OpenBLAS takes 32-bit sizes: refuse, in 64-bit arithmetic, what would wrap. */
+    int64_t rows = (int64_t)n * h * w;
+    if (rows > D3SR_MAX_ROWS || c > D3SR_MAX_CHANNELS * 9)
+        return d3sr_fail(D3SR_ERR_VALUE, "an activation of shape [%d, %d, %d, %d] is too large (at most %d pixels or "
+                         "tokens over the batch); use a smaller batch or image, or tiles", n, h, w, c, D3SR_MAX_ROWS);
     memset(out, 0, sizeof *out);
     out->dtype = ctx->dtype;
     out->n = n;
@@ -273,43 +332,39 @@ d3sr_status d3sr_tensor_new(d3sr_ctx *ctx, int n, int h, int w, int c, d3sr_tens
     return status;
 }
 
-void d3sr_tensor_release(d3sr_ctx *ctx, d3sr_tensor *t)
-{
-    if (t->data) d3sr_arena_release(&ctx->arena, t->data);
-    t->data = NULL;
-}
-
 d3sr_status d3sr_upload(d3sr_ctx *ctx, const float *host, int n, int h, int w, int c, d3sr_tensor *out)
 {
     D3SR_CHECK(d3sr_tensor_new(ctx, n, h, w, c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->upload(ctx, host, out));
+    return ran(ctx, D3SR_OP_TRANSFER, start, ctx->backend->upload(ctx, host, out));
 }
 
 d3sr_status d3sr_download(d3sr_ctx *ctx, const d3sr_tensor *x, float *host)
 {
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->download(ctx, x, host));
+    return ran(ctx, D3SR_OP_TRANSFER, start, ctx->backend->download(ctx, x, host));
 }
 
 d3sr_status d3sr_upload_nchw(d3sr_ctx *ctx, const float *host, int n, int c, int h, int w,
                              d3sr_tensor *out)
 {
     D3SR_CHECK(d3sr_tensor_new(ctx, n, h, w, c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->upload_nchw(ctx, host, out));
+    return ran(ctx, D3SR_OP_TRANSFER, start, ctx->backend->upload_nchw(ctx, host, out));
 }
 
 d3sr_status d3sr_download_nchw(d3sr_ctx *ctx, const d3sr_tensor *x, int c0, int c1, float *host)
 {
     if (c0 < 0 || c1 > x->c || c0 >= c1)
         return d3sr_fail(D3SR_ERR_VALUE, "internal error: channels [%d, %d) of a %d-channel tensor", c0, c1, x->c);
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_TRANSFER, start, ctx->backend->download_nchw(ctx, x, c0, c1, host));
+    return ran(ctx, D3SR_OP_TRANSFER, start, ctx->backend->download_nchw(ctx, x, c0, c1, host));
 }
 
 void d3sr_capture_clear(d3sr_capture *capture)
@@ -322,6 +377,7 @@ void d3sr_capture_clear(d3sr_capture *capture)
 d3sr_status d3sr_capture_tensor(d3sr_ctx *ctx, const d3sr_tensor *x, const char *fmt, ...)
 {
     d3sr_capture *cap = &ctx->capture;
+    if (cap->enabled) reads(ctx, x, NULL, NULL); /* kept until it is copied, at the next op's end */
     if (!cap->enabled || d3sr_ctx_planning(ctx)) return D3SR_OK;
     if (cap->count == cap->capacity) {
         int capacity = cap->capacity ? 2 * cap->capacity : 32;
@@ -373,9 +429,10 @@ d3sr_status d3sr_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_conv *co
     if (residual && !same_shape(residual, out))
         return d3sr_fail(D3SR_ERR_VALUE, "conv2d: residual [%d, %d, %d, %d] differs from output [%d, %d, %d, %d]",
                          residual->n, residual->h, residual->w, residual->c, out->n, out->h, out->w, out->c);
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, residual, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_CONV2D, start, ctx->backend->conv2d(ctx, x, conv, residual, out));
+    return ran(ctx, D3SR_OP_CONV2D, start, ctx->backend->conv2d(ctx, x, conv, residual, out));
 }
 
 d3sr_status d3sr_linear_apply(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_linear *lin,
@@ -386,9 +443,10 @@ d3sr_status d3sr_linear_apply(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_li
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, lin->out, out));
     if (residual && !same_shape(residual, out))
         return d3sr_fail(D3SR_ERR_VALUE, "linear: residual shape differs from the output's");
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, residual, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_LINEAR, start, ctx->backend->linear(ctx, x, lin, residual, out));
+    return ran(ctx, D3SR_OP_LINEAR, start, ctx->backend->linear(ctx, x, lin, residual, out));
 }
 
 d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
@@ -398,9 +456,10 @@ d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
         return d3sr_fail(D3SR_ERR_VALUE, "group_norm: %d channels in %d groups, the layer has %d channels",
                          x->c, norm->groups, norm->channels);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_GROUP_NORM, start, ctx->backend->group_norm(ctx, x, norm, silu, out));
+    return ran(ctx, D3SR_OP_GROUP_NORM, start, ctx->backend->group_norm(ctx, x, norm, silu, out));
 }
 
 d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
@@ -411,9 +470,10 @@ d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tenso
         return d3sr_fail(D3SR_ERR_VALUE, "attention: q [%d, %d, %d], k [%d, %d, %d], v [%d, %d, %d] with %d heads do not agree",
                          q->n, q->h * q->w, q->c, k->n, k->h * k->w, k->c, v->n, v->h * v->w, v->c, heads);
     D3SR_CHECK(d3sr_tensor_new(ctx, q->n, q->h, q->w, q->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, q, k, v);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_ATTENTION, start, ctx->backend->attention(ctx, q, k, v, heads, out));
+    return ran(ctx, D3SR_OP_ATTENTION, start, ctx->backend->attention(ctx, q, k, v, heads, out));
 }
 
 d3sr_status d3sr_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, int out_h, int out_w,
@@ -422,9 +482,10 @@ d3sr_status d3sr_upsample_nearest(d3sr_ctx *ctx, const d3sr_tensor *x, int out_h
     if (out_h < 1 || out_w < 1)
         return d3sr_fail(D3SR_ERR_VALUE, "upsample: output size %d x %d is empty", out_h, out_w);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, out_h, out_w, x->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_UPSAMPLE, start, ctx->backend->upsample_nearest(ctx, x, out));
+    return ran(ctx, D3SR_OP_UPSAMPLE, start, ctx->backend->upsample_nearest(ctx, x, out));
 }
 
 d3sr_status d3sr_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
@@ -433,9 +494,10 @@ d3sr_status d3sr_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
     if (x->c != norm->channels)
         return d3sr_fail(D3SR_ERR_VALUE, "layer_norm: %d channels, the layer has %d", x->c, norm->channels);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_LAYER_NORM, start, ctx->backend->layer_norm(ctx, x, norm, out));
+    return ran(ctx, D3SR_OP_LAYER_NORM, start, ctx->backend->layer_norm(ctx, x, norm, out));
 }
 
 d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
@@ -443,9 +505,10 @@ d3sr_status d3sr_geglu(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
     if (x->c % 2)
         return d3sr_fail(D3SR_ERR_VALUE, "geglu: %d channels do not split into value and gate halves", x->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c / 2, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_GEGLU, start, ctx->backend->geglu(ctx, x, out));
+    return ran(ctx, D3SR_OP_GEGLU, start, ctx->backend->geglu(ctx, x, out));
 }
 
 d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation_kind kind, float param,
@@ -454,18 +517,20 @@ d3sr_status d3sr_activation(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_activation
     if (kind < D3SR_ACT_SILU || kind > D3SR_ACT_GELU)
         return d3sr_fail(D3SR_ERR_VALUE, "activation: unknown kind %d", (int)kind);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_ACTIVATION, start, ctx->backend->activation(ctx, x, kind, param, out));
+    return ran(ctx, D3SR_OP_ACTIVATION, start, ctx->backend->activation(ctx, x, kind, param, out));
 }
 
 d3sr_status d3sr_activation_inplace(d3sr_ctx *ctx, d3sr_tensor *x, d3sr_activation_kind kind, float param)
 {
     if (kind < D3SR_ACT_SILU || kind > D3SR_ACT_GELU)
         return d3sr_fail(D3SR_ERR_VALUE, "activation: unknown kind %d", (int)kind);
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_ACTIVATION, start, ctx->backend->activation(ctx, x, kind, param, x));
+    return ran(ctx, D3SR_OP_ACTIVATION, start, ctx->backend->activation(ctx, x, kind, param, x));
 }
 
 d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_tensor *offset)
@@ -473,9 +538,10 @@ d3sr_status d3sr_add_channel_offset(d3sr_ctx *ctx, d3sr_tensor *x, const d3sr_te
     if (offset->n != x->n || offset->c != x->c || offset->h != 1 || offset->w != 1)
         return d3sr_fail(D3SR_ERR_VALUE, "add_channel_offset: offset [%d, %d, %d, %d] for x [%d, %d, %d, %d]",
                          offset->n, offset->h, offset->w, offset->c, x->n, x->h, x->w, x->c);
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, offset, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_ADD, start, ctx->backend->add_channel_offset(ctx, x, offset));
+    return ran(ctx, D3SR_OP_ADD, start, ctx->backend->add_channel_offset(ctx, x, offset));
 }
 
 d3sr_status d3sr_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
@@ -485,9 +551,10 @@ d3sr_status d3sr_concat_channels(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr
         return d3sr_fail(D3SR_ERR_VALUE, "concat: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ in size",
                          a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, a->n, a->h, a->w, a->c + b->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, a, b, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_CONCAT, start, ctx->backend->concat_channels(ctx, a, b, out));
+    return ran(ctx, D3SR_OP_CONCAT, start, ctx->backend->concat_channels(ctx, a, b, out));
 }
 
 d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b)
@@ -495,9 +562,10 @@ d3sr_status d3sr_add_inplace(d3sr_ctx *ctx, d3sr_tensor *a, const d3sr_tensor *b
     if (!same_shape(a, b))
         return d3sr_fail(D3SR_ERR_VALUE, "add: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
                          a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, a, b, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_ADD, start, ctx->backend->add_inplace(ctx, a, b));
+    return ran(ctx, D3SR_OP_ADD, start, ctx->backend->add_inplace(ctx, a, b));
 }
 
 d3sr_status d3sr_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int stride, d3sr_tensor *out)
@@ -508,19 +576,21 @@ d3sr_status d3sr_max_pool(d3sr_ctx *ctx, const d3sr_tensor *x, int kernel, int s
         return d3sr_fail(D3SR_ERR_VALUE, "max_pool: a %dx%d input is smaller than the %dx%d window", x->h, x->w,
                          kernel, kernel);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - kernel) / stride + 1, (x->w - kernel) / stride + 1, x->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     if (!ctx->backend->max_pool) return unsupported(ctx, "max_pool");
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_POOL, start, ctx->backend->max_pool(ctx, x, kernel, stride, out));
+    return ran(ctx, D3SR_OP_POOL, start, ctx->backend->max_pool(ctx, x, kernel, stride, out));
 }
 
 d3sr_status d3sr_l2_pool(d3sr_ctx *ctx, const d3sr_tensor *x, d3sr_tensor *out)
 {
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, (x->h - 1) / 2 + 1, (x->w - 1) / 2 + 1, x->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     if (!ctx->backend->l2_pool) return unsupported(ctx, "l2_pool");
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_POOL, start, ctx->backend->l2_pool(ctx, x, out));
+    return ran(ctx, D3SR_OP_POOL, start, ctx->backend->l2_pool(ctx, x, out));
 }
 
 d3sr_status d3sr_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
@@ -532,10 +602,11 @@ d3sr_status d3sr_lpips_distance(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_
     if (d3sr_tensor_numel(weight) != (size_t)a->c)
         return d3sr_fail(D3SR_ERR_VALUE, "lpips_distance: %zu weights for %d channels", d3sr_tensor_numel(weight), a->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 1, 1, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, a, b, weight); /* the weight may be an activation (the op tests upload it) */
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     if (!ctx->backend->lpips_distance) return unsupported(ctx, "lpips_distance");
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_METRIC, start, ctx->backend->lpips_distance(ctx, a, b, weight, out));
+    return ran(ctx, D3SR_OP_METRIC, start, ctx->backend->lpips_distance(ctx, a, b, weight, out));
 }
 
 d3sr_status d3sr_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_tensor *b,
@@ -545,10 +616,11 @@ d3sr_status d3sr_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_te
         return d3sr_fail(D3SR_ERR_VALUE, "pair_moments: [%d, %d, %d, %d] and [%d, %d, %d, %d] differ",
                          a->n, a->h, a->w, a->c, b->n, b->h, b->w, b->c);
     D3SR_CHECK(d3sr_tensor_new(ctx, a->n, 1, 5, a->c, out));
-    if (d3sr_ctx_planning(ctx)) return D3SR_OK;
+    reads(ctx, a, b, NULL);
+    if (d3sr_ctx_planning(ctx)) return planned(ctx);
     if (!ctx->backend->pair_moments) return unsupported(ctx, "pair_moments");
     double start = profile_begin(ctx);
-    return profile_end(ctx, D3SR_OP_METRIC, start, ctx->backend->pair_moments(ctx, a, b, out));
+    return ran(ctx, D3SR_OP_METRIC, start, ctx->backend->pair_moments(ctx, a, b, out));
 }
 
 d3sr_status d3sr_batch_slice(const d3sr_tensor *x, int n0, int n1, d3sr_tensor *out)

@@ -3,8 +3,10 @@
  * Shapes are [n, h, w, c] (channels-last); token sequences are [n, 1, L, c].
  * Each op checks its shapes, allocates its output from the context's arena
  * and, except while planning, runs the backend's kernel. Models call only
- * these functions, so a model is written once for CPU and CUDA. Outputs are
- * released with d3sr_tensor_release() in any order.
+ * these functions, so a model is written once for CPU and CUDA. Nobody frees
+ * an output: the planning pass learns which op reads each activation last
+ * and the arena releases it right after that op (core/arena.h). Ops mark
+ * what they read with reads(); an op added here must do the same.
  */
 #ifndef D3SR_OPS_OPS_H
 #define D3SR_OPS_OPS_H
@@ -99,13 +101,17 @@ d3sr_status d3sr_workspace(d3sr_ctx *ctx, size_t bytes, void **out);
 /* ---- weights ----------------------------------------------------------- */
 
 /* Registers "<prefix>.weight" (and "<prefix>.bias") of a layer with the params
- * table and fills in its sizes; the tensors are set when the weights load. */
-d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, const char *prefix, int cin,
-                               int cout, int kernel, int stride, int pad, int bias);
-d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, const char *prefix, int in,
-                                 int out, int bias);
-d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, const char *prefix,
-                               int channels, int groups, float eps);
+ * table and fills in its sizes; the tensors are set when the weights load.
+ * The prefix is fmt with its arguments, the state_dict name, e.g.
+ * ("down_blocks.%d.resnets.%d.conv1", i, j). Every *_register function of the
+ * models takes its name the same way. */
+d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, int cin, int cout, int kernel, int stride,
+                               int pad, int bias, const char *fmt, ...) __attribute__((format(printf, 9, 10)));
+d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, int in, int out, int bias, const char *fmt,
+                                 ...)
+    __attribute__((format(printf, 6, 7)));
+d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, int channels, int groups, float eps,
+                               const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* Converts a host weight (PyTorch layout, F32/F16/BF16) into dst on the ctx's device. */
 d3sr_status d3sr_weight_upload(d3sr_ctx *ctx, const d3sr_param *param, d3sr_dtype dtype,
@@ -115,7 +121,6 @@ void d3sr_weight_free(d3sr_ctx *ctx, d3sr_tensor *weight);
 /* ---- activations ------------------------------------------------------- */
 
 d3sr_status d3sr_tensor_new(d3sr_ctx *ctx, int n, int h, int w, int c, d3sr_tensor *out);
-void d3sr_tensor_release(d3sr_ctx *ctx, d3sr_tensor *t);
 
 /* Host float32 [n, h, w, c] (channels-last, e.g. token sequences) <-> a device tensor. */
 d3sr_status d3sr_upload(d3sr_ctx *ctx, const float *host, int n, int h, int w, int c, d3sr_tensor *out);

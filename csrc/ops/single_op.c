@@ -297,15 +297,15 @@ static d3sr_status register_layer(single_call *call, d3sr_params *params, const 
     hosts[1] = p->arrays[2].data;
     switch (p->kind) {
     case D3SR_SINGLE_CONV2D:
-        D3SR_CHECK(d3sr_conv_register(params, &call->conv, "conv", x[3], w[0], w[2], (int)v[0], 0, given(p, 2)));
+        D3SR_CHECK(d3sr_conv_register(params, &call->conv, x[3], w[0], w[2], (int)v[0], 0, given(p, 2), "conv"));
         call->conv.pad_top = (int)v[1];
         call->conv.pad_bottom = (int)v[2];
         call->conv.pad_left = (int)v[3];
         call->conv.pad_right = (int)v[4];
         return D3SR_OK;
-    case D3SR_SINGLE_LINEAR: return d3sr_linear_register(params, &call->linear, "linear", x[1], w[0], given(p, 2));
-    case D3SR_SINGLE_GROUP_NORM: return d3sr_norm_register(params, &call->norm, "norm", x[3], (int)v[0], (float)v[1]);
-    case D3SR_SINGLE_LAYER_NORM: return d3sr_norm_register(params, &call->norm, "norm", x[1], 1, (float)v[0]);
+    case D3SR_SINGLE_LINEAR: return d3sr_linear_register(params, &call->linear, x[1], w[0], given(p, 2), "linear");
+    case D3SR_SINGLE_GROUP_NORM: return d3sr_norm_register(params, &call->norm, x[3], (int)v[0], (float)v[1], "norm");
+    case D3SR_SINGLE_LAYER_NORM: return d3sr_norm_register(params, &call->norm, x[1], 1, (float)v[0], "norm");
     default: return D3SR_OK; /* no weights: the arrays are inputs */
     }
 }

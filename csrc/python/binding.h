@@ -19,15 +19,39 @@
 #include <numpy/arrayobject.h>
 #include <pythread.h>
 
+#include <limits.h>
+
 #include "../d3sr.h"
 
 /* Raises the exception matching status with the core's message; returns NULL. */
 PyObject *raise_status(d3sr_status status);
 
-/* Borrows obj as a C-contiguous float32 array of ndim dimensions (ndim < 0: any).
- * Other dtypes are a TypeError naming arg: converting silently would hide a
- * caller's mistake. Returns a new reference, or NULL with an exception set. */
-PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim);
+/* Borrows obj as a C-contiguous float32 array of ndim dimensions; layout
+ * ("[N, C, h, w]", or NULL) names them in errors. Other dtypes are a TypeError
+ * naming arg: converting silently would hide a caller's mistake. This is the
+ * one check of the arrays the models take (the Python layer does not repeat
+ * it). Returns a new reference, or NULL with an exception set. */
+PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim, const char *layout);
+
+/* obj as an int in [lo, hi]; -1 with an exception naming what otherwise: a
+ * TypeError if obj is not an integer, a ValueError if it is out of range.
+ * Never truncated: 2**32 + 40 is refused, not read as 40. */
+static inline int int_in_range(PyObject *obj, const char *what, long long lo, long long hi, int *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an integer, not %s", what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < lo || v > hi || v < INT_MIN || v > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s = %S is outside [%lld, %lld]", what, obj, lo, hi);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
 
 /* "fp32", "fp16", "bf16" -> dtype; -1 with ValueError otherwise. */
 int parse_dtype(const char *name, d3sr_dtype *out);

@@ -13,6 +13,7 @@
 #define D3SR_BINDING_MAIN
 #include "binding.h"
 
+#include <math.h>
 #include <pythread.h>
 
 
@@ -31,21 +32,26 @@ PyObject *raise_status(d3sr_status status)
     return NULL;
 }
 
-PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim)
+PyArrayObject *float32_array(PyObject *obj, const char *arg, int ndim, const char *layout)
 {
+    char expected[96];
+    if (layout) snprintf(expected, sizeof expected, "shape %s", layout);
+    else snprintf(expected, sizeof expected, "%d dimensions", ndim);
     if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, not %s", arg, Py_TYPE(obj)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of %s, not %s", arg, expected, Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (PyArray_TYPE(a) != NPY_FLOAT32) {
         PyObject *name = PyObject_Str((PyObject *)PyArray_DESCR(a));
-        PyErr_Format(PyExc_TypeError, "%s must have dtype float32, not %S", arg, name);
+        PyErr_Format(PyExc_TypeError, "%s must have dtype float32, not %S (%s)", arg, name, expected);
         Py_XDECREF(name);
         return NULL;
     }
-    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, not %d", arg, ndim, PyArray_NDIM(a));
+    if (PyArray_NDIM(a) != ndim) {
+        PyObject *shape = PyObject_GetAttrString(obj, "shape");
+        PyErr_Format(PyExc_ValueError, "%s must have %s, got %S", arg, expected, shape ? shape : Py_None);
+        Py_XDECREF(shape);
         return NULL;
     }
     return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
@@ -189,7 +195,8 @@ static PyObject *model_memory(ModelObject *self, PyObject *unused)
 /* encode or decode: the core checks x's shape and sizes the output. */
 static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
 {
-    PyArrayObject *x = float32_array(obj, encode ? "x" : "z", 4);
+    PyArrayObject *x = encode ? float32_array(obj, "x", 4, "[N, C, H, W]")
+                              : float32_array(obj, "z", 4, "[N, latent_channels, h, w]");
     if (!x) return NULL;
     int64_t in[4], out[4];
     for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
@@ -228,10 +235,11 @@ static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject 
     static char *keywords[] = {"sample", "timesteps", "encoder_hidden_states", "text_embeds", "time_ids", NULL};
     PyObject *so, *to, *co, *eo = Py_None, *io = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OO", keywords, &so, &to, &co, &eo, &io)) return NULL;
-    PyArrayObject *s = float32_array(so, "sample", 4), *t = s ? float32_array(to, "timesteps", 1) : NULL;
-    PyArrayObject *c = t ? float32_array(co, "encoder_hidden_states", 3) : NULL;
-    PyArrayObject *e = c && eo != Py_None ? float32_array(eo, "text_embeds", 2) : NULL;
-    PyArrayObject *ids = c && io != Py_None ? float32_array(io, "time_ids", 2) : NULL;
+    PyArrayObject *s = float32_array(so, "sample", 4, "[N, C, h, w]");
+    PyArrayObject *t = s ? float32_array(to, "timesteps", 1, "[N]") : NULL;
+    PyArrayObject *c = t ? float32_array(co, "encoder_hidden_states", 3, "[N, L, cross_attention_dim]") : NULL;
+    PyArrayObject *e = c && eo != Py_None ? float32_array(eo, "text_embeds", 2, "[N, features]") : NULL;
+    PyArrayObject *ids = c && io != Py_None ? float32_array(io, "time_ids", 2, "[N, features]") : NULL;
     PyArrayObject *y = NULL;
     if (!c || (eo != Py_None && !e) || (io != Py_None && !ids)) goto done;
     npy_intp n = PyArray_DIM(s, 0);
@@ -273,7 +281,7 @@ done:
 
 static PyObject *model_head_forward(ModelObject *self, PyObject *obj)
 {
-    PyArrayObject *x = float32_array(obj, "features", 4);
+    PyArrayObject *x = float32_array(obj, "features", 4, "[N, C, h, w]");
     if (!x) return NULL;
     npy_intp dims[4] = {PyArray_DIM(x, 0), 1, PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
     PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
@@ -406,17 +414,9 @@ static int dict_int(PyObject *dict, const char *key, int *out)
         PyErr_Format(PyExc_KeyError, "config lacks '%s'", key);
         return -1;
     }
-    long v = PyLong_AsLong(value);
-    if (v == -1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "config field '%s' must be an integer", key);
-        return -1;
-    }
-    if (v < INT32_MIN || v > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "config field '%s' = %ld is out of range", key, v);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
+    char what[96];
+    snprintf(what, sizeof what, "config field '%s'", key);
+    return int_in_range(value, what, INT_MIN, INT_MAX, out);
 }
 
 static int dict_float(PyObject *dict, const char *key, float *out)
@@ -429,6 +429,10 @@ static int dict_float(PyObject *dict, const char *key, float *out)
     double v = PyFloat_AsDouble(value);
     if (v == -1.0 && PyErr_Occurred()) {
         PyErr_Format(PyExc_TypeError, "config field '%s' must be a number", key);
+        return -1;
+    }
+    if (!isfinite((float)v)) {
+        PyErr_Format(PyExc_ValueError, "config field '%s' = %R is not a finite float32 number", key, value);
         return -1;
     }
     *out = (float)v;
@@ -448,12 +452,9 @@ static int dict_int_list(PyObject *dict, const char *key, int *out, int capacity
         return -1;
     }
     for (Py_ssize_t i = 0; i < len; i++) {
-        long v = PyLong_AsLong(PyList_GET_ITEM(value, i));
-        if (v == -1 && PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError, "config field '%s' must be a list of integers", key);
-            return -1;
-        }
-        out[i] = (int)v;
+        char what[96];
+        snprintf(what, sizeof what, "config field '%s'[%zd]", key, i);
+        if (int_in_range(PyList_GET_ITEM(value, i), what, INT_MIN, INT_MAX, &out[i])) return -1;
     }
     *count = (int)len;
     return 0;
@@ -550,9 +551,14 @@ static PyObject *py_head_create(PyObject *module, PyObject *args, PyObject *kwar
     static char *keywords[] = {"in_channels", "hidden", "activation", "negative_slope", "device", "dtype", NULL};
     d3sr_head_config cfg = {0, 0, D3SR_HEAD_SILU, 0.2f};
     int activation = 0;
+    PyObject *in_obj, *hidden_obj, *activation_obj;
     const char *device = "cpu", *dtype_name = "fp32";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iii|fss", keywords, &cfg.in_channels, &cfg.hidden, &activation,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|fss", keywords, &in_obj, &hidden_obj, &activation_obj,
                                      &cfg.negative_slope, &device, &dtype_name))
+        return NULL;
+    if (int_in_range(in_obj, "in_channels", 1, D3SR_MAX_CHANNELS, &cfg.in_channels) ||
+        int_in_range(hidden_obj, "hidden", 1, D3SR_MAX_CHANNELS, &cfg.hidden) ||
+        int_in_range(activation_obj, "activation", D3SR_HEAD_SILU, D3SR_HEAD_GELU, &activation))
         return NULL;
     cfg.activation = (d3sr_head_activation)activation;
     d3sr_dtype dtype;
@@ -568,10 +574,9 @@ static PyObject *py_head_create(PyObject *module, PyObject *args, PyObject *kwar
 static PyObject *py_set_num_threads(PyObject *module, PyObject *arg)
 {
     (void)module;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0) return PyErr_Format(PyExc_ValueError, "n must be >= 0 (0: all cores), not %ld", n);
-    d3sr_set_num_threads((int)n);
+    int n;
+    if (int_in_range(arg, "the thread count n (0: all cores)", 0, d3sr_max_threads(), &n)) return NULL;
+    d3sr_set_num_threads(n);
     Py_RETURN_NONE;
 }
 
@@ -580,6 +585,13 @@ static PyObject *py_get_num_threads(PyObject *module, PyObject *unused)
     (void)module;
     (void)unused;
     return PyLong_FromLong(d3sr_get_num_threads());
+}
+
+static PyObject *py_max_threads(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromLong(d3sr_max_threads());
 }
 
 static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
@@ -603,6 +615,7 @@ static PyMethodDef module_methods[] = {
      "unet_create(config: dict, trunk_only=False, device='cpu', dtype='fp32') -> Model"},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads of the CPU kernels (0: all cores)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads of the CPU kernels."},
+    {"max_threads", py_max_threads, METH_NOARGS, "The most threads set_num_threads takes."},
     {"cuda_status", py_cuda_status, METH_NOARGS, "(available, why not)"},
     {NULL, NULL, 0, NULL},
 };

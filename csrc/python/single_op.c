@@ -93,7 +93,7 @@ static PyObject *py_op(PyObject *module, PyObject *args, PyObject *kwargs)
         PyObject *obj = argument(rest, pos, kwargs, info->arrays[i], &used);
         if (PyErr_Occurred()) goto done;
         if (!obj || obj == Py_None) continue; /* the core says whether it was required */
-        if (!(held[i] = float32_array(obj, info->arrays[i], info->ndim[i]))) goto done;
+        if (!(held[i] = float32_array(obj, info->arrays[i], info->ndim[i], NULL))) goto done;
         p.arrays[i].data = PyArray_DATA(held[i]);
         for (int d = 0; d < info->ndim[i]; d++) {
             npy_intp size = PyArray_DIM(held[i], d);

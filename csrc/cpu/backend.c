@@ -1,4 +1,4 @@
-/* cpu_backend.c: the CPU backend's table, memory and layout conversions.
+/* backend.c: the CPU backend's table, memory and layout conversions.
  *
  * Weights: convolutions are stored [cout, kh, kw, cin] so a gathered
  * channels-last patch row multiplies a weight row directly (winograd.c

@@ -1,4 +1,4 @@
-/* stats.c: the reductions of the perceptual metrics: LPIPS' per-layer
+/* metric_reductions.c: the reductions of the perceptual metrics: LPIPS' per-layer
  * distance and the per-channel moments DISTS compares.
  *
  * Both reduce a sample's pixels into float64 sums. Pixels are split across
@@ -94,6 +94,8 @@ d3sr_status cpu_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_ten
         const float *an = (const float *)a->data + (size_t)n * pixels * c;
         const float *bn = (const float *)b->data + (size_t)n * pixels * c;
         for (int pass = 0; pass < 2; pass++) {
+            /* Every row zeroed: OpenMP may start fewer threads than asked. */
+            memset(work, 0, (size_t)threads * row * sizeof *work);
 #pragma omp parallel num_threads(threads)
             {
 #ifdef _OPENMP
@@ -101,7 +103,6 @@ d3sr_status cpu_pair_moments(d3sr_ctx *ctx, const d3sr_tensor *a, const d3sr_ten
 #else
                 double *acc = work;
 #endif
-                memset(acc, 0, row * sizeof *acc);
                 size_t p0, p1;
                 cpu_share(pixels, &p0, &p1);
                 if (pass == 0)
