@@ -46,7 +46,7 @@ def sources(*patterns):
 
 core = Extension(
     "d3sr._core",
-    sources=sources("core/*.c", "ops/*.c", "cpu/*.c", "models/*.c", "metrics/*.c", "python/*.c"),
+    sources=sources("core/*.c", "ops/*.c", "cpu/*.c", "models/*.c", "metrics/*.c", "images/*.c", "python/*.c"),
     include_dirs=[numpy.get_include(), scipy_openblas32.get_include_dir()],
     library_dirs=[scipy_openblas32.get_lib_dir()],
     libraries=[scipy_openblas32.get_library(), "dl", "pthread"],

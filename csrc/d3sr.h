@@ -156,6 +156,41 @@ D3SR_API d3sr_status d3sr_vae_output_shape(const d3sr_model *m, int encode, cons
 D3SR_API d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w,
                                      float *image);
 
+/* ---- tiled VAE calls: GroupNorm statistics pooled over an image's tiles ---
+ *
+ * A tile runs its window: its core, rows [y0, y1) and columns [x0, x1) of
+ * the window, plus a halo. The cores of an image's tiles partition it, so
+ * statistics over cores count every pixel once. Under a pool, each GroupNorm
+ * layer (layer 0, 1, ... in call order) writes its input's statistics over
+ * the core (scaled to the layer's resolution) to collect, and normalises with
+ * apply, the image's pooled statistics, instead of the tile's own. */
+typedef struct {
+    int y0, y1, x0, x1;
+    int layers, groups;  /* entries of apply and collect per sample */
+    const double *apply; /* [n, layers, groups, 2] mean, variance; NULL: each layer's own statistics */
+    double *collect;     /* [n, layers, groups, 3] count, mean, M2 over the core; NULL: not wanted */
+} d3sr_norm_pool;
+
+/* encode (encode = 1) or decode of a whole image x [n, c, h, w] in count tiles,
+ * one pass, every GroupNorm layer with the image's exact statistics (see
+ * models/tiles.h). tiles[i] = window y0, y1, x0, x1 then core y0, y1, x0, x1
+ * in x's pixels: the cores partition the image, each window holds its core
+ * and all windows have one size. park_half parks activations between layers
+ * as float16 instead of float32. parked_bytes (may be NULL) gets the most
+ * host memory parked at once. */
+D3SR_API d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w,
+                                        const int (*tiles)[8], int count, int park_half, float *out,
+                                        size_t *parked_bytes);
+
+/* ---- colour fix (StableSR's adain and wavelet) --------------------------- */
+
+typedef enum { D3SR_COLOR_FIX_ADAIN = 1, D3SR_COLOR_FIX_WAVELET = 2 } d3sr_color_fix_kind;
+
+/* Corrects sr [n, h, w, c] float32 in place towards ref (same shape), the
+ * result clamped to [0, 1]; see images/color_fix.c for the formulas. */
+D3SR_API d3sr_status d3sr_color_fix(float *sr, const float *ref, int n, int h, int w, int c,
+                                    d3sr_color_fix_kind kind);
+
 /* ---- the UNet (diffusers UNet2DConditionModel: SD 1.x/2.x, SDXL) ------- */
 
 typedef struct {

@@ -91,4 +91,11 @@ D3SR_API d3sr_status d3sr_single_output_shape(const d3sr_single_params *p, int *
 /* Runs the op into out (float32, the output shape). Checks as above first. */
 D3SR_API d3sr_status d3sr_single_run(const d3sr_single_params *p, float *out);
 
+/* A group_norm op (p->kind D3SR_SINGLE_GROUP_NORM) on one tile under a
+ * one-layer statistics pool (d3sr_norm_pool of d3sr.h; its core in x's pixels):
+ * the tile's core statistics go to pool->collect and, when pool->apply is set,
+ * the tile is normalised with those instead of its own. */
+D3SR_API d3sr_status d3sr_single_group_norm_pooled(const d3sr_single_params *p, const d3sr_norm_pool *pool,
+                                                   float *out);
+
 #endif /* D3SR_SINGLE_OP_H */

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _color as color, _tiling as tiling
 from ._checkpoint import alphas_cumprod, read_generator_config, read_text_embedding
 from .images import as_image_batch, bicubic
 from ._lora import LoRA
@@ -20,6 +20,9 @@ from ._unet import UNet
 from ._vae import VAE
 
 MIN_SIDE = 8
+# Latent pixels the UNet runs in one batch of tiles: one default tile on the CPU
+# (a batch saves nothing there), eight on a GPU.
+_LATENT_BATCH_PIXELS = {"cpu": 96 * 96, "cuda": 8 * 96 * 96}
 
 
 class Upscaler:
@@ -54,29 +57,89 @@ class Upscaler:
         embedding = read_text_embedding(config["text_embedding"], unet.config["cross_attention_dim"])
         return cls(vae, unet, embedding, config)
 
-    def upscale(self, image: np.ndarray, scale: int = 4) -> np.ndarray:
+    def upscale(self, image: np.ndarray, scale: int = 4, *, latent_tile: Optional[int] = 96,
+                latent_overlap: int = 32, encoder_tile: Optional[int] = 1024, decoder_tile: Optional[int] = 224,
+                color_fix: Optional[str] = None, progress=None) -> np.ndarray:
         """Super-resolves an image: H x W x 3 (or N x H x W x 3), uint8 or float32
-        in [0, 1]; returns the same kind at scale times the size."""
+        in [0, 1]; returns the same kind at scale times the size.
+
+        Large images run in tiles (d3sr._tiling), with OSEDiff's names and defaults:
+        latent_tile / latent_overlap (latent pixels) for the UNet, encoder_tile
+        (pixels) and decoder_tile (latent pixels) for the VAE. A stage tiles only
+        when the image is larger than its tile; None turns its tiling off.
+        color_fix: None, 'adain' or 'wavelet' (StableSR's), against the
+        bicubic-upsampled input. progress: called with the number of tiles each
+        step finished (progress_steps gives the total; a VAE stage reports its
+        tiles when it ends)."""
         images, single, is_uint8 = as_image_batch(image)
         if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
+        latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
+                                                                               encoder_tile, decoder_tile)
+        color_fix = tiling.check_color_fix(color_fix)
         n, h, w, _ = images.shape
         if h < MIN_SIDE or w < MIN_SIDE:
             raise ValueError(f"image must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {h} x {w}")
         upsampled = bicubic(images, scale)                            # [N, sH, sW, 3] float32 in [0, 1]
         x, (out_h, out_w) = _pad(upsampled * 2 - 1, self.vae.downscale)
+        if color_fix is None:
+            del upsampled
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))              # [N, 3, H', W'] in [-1, 1]
-        z = self.vae.encode(x) * np.float32(self.scaling_factor)        # z_L
-        context = np.ascontiguousarray(np.broadcast_to(self.text_embedding, (n,) + self.text_embedding.shape))
-        eps = self.unet(z, self.timestep, context)
+        _, _, ph, pw = x.shape
+        if _larger(ph, pw, encoder_tile):
+            z = self.vae.encode_tiled(x, encoder_tile)
+            _report(progress, tiling.tile_count(ph, pw, encoder_tile, self.vae.downscale))
+        else:
+            z = self.vae.encode(x)
+        z *= np.float32(self.scaling_factor)                             # z_L
+        del x
+        eps = self._unet_eps(z, latent_tile, latent_overlap, progress)
         z_h = self.denoise(z, eps)
-        decoded = self.vae.decode(z_h / np.float32(self.scaling_factor))
-        out = (np.clip(decoded, -1, 1) + 1) / 2
-        out = out[:, :, :out_h, :out_w].transpose(0, 2, 3, 1)
+        del z, eps
+        z_h /= np.float32(self.scaling_factor)
+        if _larger(z_h.shape[2], z_h.shape[3], decoder_tile):
+            decoded = self.vae.decode_tiled(z_h, decoder_tile)
+            _report(progress, tiling.tile_count(z_h.shape[2], z_h.shape[3], decoder_tile, 1))
+        else:
+            decoded = self.vae.decode(z_h)
+        del z_h
+        np.clip(decoded, -1, 1, out=decoded)
+        decoded += 1
+        decoded /= 2
+        out = decoded[:, :, :out_h, :out_w].transpose(0, 2, 3, 1)
+        if color_fix is not None:
+            out = color.color_fix(np.ascontiguousarray(out), upsampled, color_fix)
         if is_uint8:
             out = np.round(out * 255).astype(np.uint8)
         out = np.ascontiguousarray(out, dtype=out.dtype)
         return out[0] if single else out
+
+    def progress_steps(self, shape, scale: int = 4, *, latent_tile: Optional[int] = 96, latent_overlap: int = 32,
+                       encoder_tile: Optional[int] = 1024, decoder_tile: Optional[int] = 224) -> int:
+        """How many tile steps upscale reports to progress for an image of shape [H, W, ...]."""
+        latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
+                                                                               encoder_tile, decoder_tile)
+        h, w = int(shape[0]) * scale, int(shape[1]) * scale
+        f = self.vae.downscale
+        ph, pw = -(-h // f) * f, -(-w // f) * f
+        lh, lw = ph // f, pw // f
+        steps = tiling.tile_count(ph, pw, encoder_tile, f) if _larger(ph, pw, encoder_tile) else 0
+        steps += len(tiling.latent_tiles(lh, lw, latent_tile, latent_overlap)) if _larger(lh, lw, latent_tile) else 0
+        steps += tiling.tile_count(lh, lw, decoder_tile, 1) if _larger(lh, lw, decoder_tile) else 0
+        return steps
+
+    def _unet_eps(self, z: np.ndarray, tile: Optional[int], overlap: int, progress) -> np.ndarray:
+        n = z.shape[0]
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            k = batch.shape[0]
+            context = np.ascontiguousarray(np.broadcast_to(self.text_embedding, (k,) + self.text_embedding.shape))
+            return self.unet(batch, self.timestep, context)
+
+        if not _larger(z.shape[2], z.shape[3], tile):
+            return run(z)
+        tiles_per_batch = max(1, _LATENT_BATCH_PIXELS[self.unet.device] // (min(tile, z.shape[2]) * min(tile, z.shape[3]) * n))
+        return tiling.unet_tiled(run, z, tile, overlap, tiles_per_batch, progress)
 
     def denoise(self, z: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """z_H from z_L and the UNet's prediction, coefficients in float64."""
@@ -88,6 +151,23 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler(timestep={self.timestep}, latent_formula={self.latent_formula!r}, "
                 f"device={self.vae.device!r}, dtype={self.vae.dtype!r})")
+
+
+def _check_tiles(latent_tile, latent_overlap, encoder_tile, decoder_tile):
+    latent_tile = tiling.check_tile(latent_tile, "latent_tile", tiling.MIN_LATENT_TILE)
+    return (latent_tile, tiling.check_overlap(latent_overlap, latent_tile),
+            tiling.check_tile(encoder_tile, "encoder_tile", tiling.MIN_ENCODER_TILE),
+            tiling.check_tile(decoder_tile, "decoder_tile", tiling.MIN_DECODER_TILE))
+
+
+def _report(progress, steps: int) -> None:
+    if progress is not None:
+        progress(steps)
+
+
+def _larger(h: int, w: int, tile: Optional[int]) -> bool:
+    """Whether a stage with this tile size tiles an h x w input."""
+    return tile is not None and (h > tile or w > tile)
 
 
 def _pad(x: np.ndarray, multiple: int):

@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _tiling as tiling
 from ._model import CoreModel
 from ._native import _core
 from ._lora import as_lora
@@ -57,6 +57,12 @@ def vae_config(raw: dict) -> dict:
     return config
 
 
+def _park_half(park: str) -> bool:
+    if park not in ("float32", "float16"):
+        raise ValueError(f"park must be 'float32' or 'float16', not {park!r}")
+    return park == "float16"
+
+
 def _rename_legacy(name: str) -> str:
     for old, new in _LEGACY_ATTENTION_NAMES.items():
         if old in name and ".attentions." in name:
@@ -83,6 +89,7 @@ class VAE(CoreModel):
         self.dtype = dtype
         self.scaling_factor = _checks.finite_number(raw_config.get("scaling_factor", 0.18215), "scaling_factor")
         self.downscale = 2 ** (len(config["block_out_channels"]) - 1)
+        self.last_parked_bytes = 0  # host memory the last tiled call parked at most
 
     @classmethod
     def from_config(
@@ -142,6 +149,31 @@ class VAE(CoreModel):
     def decode(self, z: np.ndarray, *, return_intermediates: bool = False):
         """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
         return self._run(self._model.vae_decode, z, return_intermediates=return_intermediates)
+
+    def encode_tiled(self, x: np.ndarray, tile: int, *, park: str = "float32") -> np.ndarray:
+        """encode in tiles of at most tile x tile pixels (a multiple of
+        `downscale`), each with a halo covering the encoder's receptive field,
+        every GroupNorm layer normalising with the exact statistics of the
+        whole image (see d3sr._tiling). Equals encode up to float rounding
+        except for the mid block's attention, which sees one tile.
+        park: 'float32' (exact) or 'float16' (half the parked memory)."""
+        _checks.float32_array(x, "x", 4, "[N, C, H, W]")
+        _, _, h, w = x.shape
+        if h % self.downscale or w % self.downscale:
+            raise ValueError(f"x's height and width must be multiples of {self.downscale}, got {h} x {w}")
+        tile = tiling.check_tile(tile, "tile", 4 * self.downscale, self.downscale)
+        tiles = tiling.vae_windows(h, w, tile, tiling.encoder_halo(self.config), self.downscale)
+        out, self.last_parked_bytes = self._model.vae_run_tiled(x, tiles, True, _park_half(park))
+        return out
+
+    def decode_tiled(self, z: np.ndarray, tile: int, *, park: str = "float32") -> np.ndarray:
+        """decode in tiles of at most tile x tile latent pixels, as encode_tiled."""
+        _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
+        _, _, h, w = z.shape
+        tile = tiling.check_tile(tile, "tile", 4, 1)
+        tiles = tiling.vae_windows(h, w, tile, tiling.decoder_halo(self.config), 1)
+        out, self.last_parked_bytes = self._model.vae_run_tiled(z, tiles, False, _park_half(park))
+        return out
 
     def __repr__(self) -> str:
         return (f"VAE(block_out_channels={self.config['block_out_channels']}, parts={self.parts}, "

@@ -10,8 +10,8 @@
     d3sr convert-metric-weights [--alexnet F] [--vgg16 F] [--lpips-dir D] [--dists F] [-o FILE]
     d3sr demo [--size 128] [--tiny]
 
-Each subcommand's parser (in build_parser, or its add_<name>) names the run_<name>
-function that carries it out.
+Each subcommand is its run_<name> function, registered with @command next to the
+function that adds its arguments; build_parser lists them in LISTED's order.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import csv
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 METRICS = ("psnr", "ssim", "lpips", "dists", "ea_dists")
@@ -31,13 +31,27 @@ class CommandError(Exception):
     """A problem with the command's input, printed without a traceback."""
 
 
+# ---- the registry --------------------------------------------------------------------
+
+# name -> (help, further add_parser options, arguments(parser), run(args) -> exit status)
+COMMANDS: Dict[str, Tuple[str, dict, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+# The order `d3sr -h` lists them in: the main job first.
+LISTED = ("upscale", "eval", "score", "make-checkpoint", "make-discriminator", "convert-osediff",
+          "convert-metric-weights", "demo")
+
+
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None], **options):
+    """Registers the decorated run(args) as `d3sr NAME`: the one way a subcommand is
+    added. arguments(parser) adds its options; options go to add_parser (description)."""
+    def register(run: Callable) -> Callable:
+        COMMANDS[name] = (help, options, arguments, run)
+        return run
+    return register
+
+
 # ---- eval ----------------------------------------------------------------------------
 
-def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="score super-resolved images against their ground truth",
-                       description="Pairs the images of --sr and --hr by file name (without extension; a file "
-                                   "without its partner is an error), scores each pair, prints the means and "
-                                   "writes one CSV row per image.")
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sr", required=True, help="folder of super-resolved images")
     p.add_argument("--hr", required=True, help="folder of ground-truth images")
     p.add_argument("--metrics", default="psnr,ssim,lpips,dists", help=f"comma-separated, of {', '.join(METRICS)}")
@@ -50,7 +64,6 @@ def add_eval(sub) -> None:
                                      "~/.cache/d3sr/metrics.safetensors)")
     p.add_argument("--csv", help="write per-image scores here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    p.set_defaults(run=run_eval)
 
 
 def write_csv(path: str, header: List[str], rows: List[list]) -> None:
@@ -113,6 +126,10 @@ def read_rgb(path: str):
         raise CommandError(str(e)) from None
 
 
+@command("eval", help="score super-resolved images against their ground truth",
+         description="Pairs the images of --sr and --hr by file name (without extension; a file without its partner "
+                     "is an error), scores each pair, prints the means and writes one CSV row per image.",
+         arguments=_eval_arguments)
 def run_eval(args) -> int:
     import numpy as np
 
@@ -175,12 +192,7 @@ def run_eval(args) -> int:
 
 # ---- score ---------------------------------------------------------------------------
 
-def add_score(sub) -> None:
-    p = sub.add_parser("score", help="the discriminator's realness of image files, with heat maps",
-                       description="Encodes each image with the discriminator's VAE, noises it to timestep t "
-                                   "(seeded, the same noise for every image of a size) and prints the mean "
-                                   "probability of being real over its 32x32-pixel patches. An image whose "
-                                   "sides are not multiples of 32 is scored on its top-left part that is.")
+def _score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--discriminator", required=True, help="discriminator checkpoint folder (with a vae/)")
     p.add_argument("-t", "--timestep", type=int, default=250, help="noise timestep, 0..999 (default 250)")
@@ -188,9 +200,14 @@ def add_score(sub) -> None:
     p.add_argument("--heatmap", metavar="OUT_DIR", help="write NAME_realness.png heat maps here")
     p.add_argument("--csv", help="write per-image scores here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.set_defaults(run=run_score)
 
 
+@command("score", help="the discriminator's realness of image files, with heat maps",
+         description="Encodes each image with the discriminator's VAE, noises it to timestep t (seeded, the same "
+                     "noise for every image of a size) and prints the mean probability of being real over its "
+                     "32x32-pixel patches. An image whose sides are not multiples of 32 is scored on its top-left "
+                     "part that is.",
+         arguments=_score_arguments)
 def run_score(args) -> int:
     import numpy as np
 
@@ -258,21 +275,20 @@ def run_score(args) -> int:
 
 # ---- convert-metric-weights ----------------------------------------------------------
 
-def add_convert_metric_weights(sub) -> None:
-    p = sub.add_parser("convert-metric-weights", help="make the LPIPS/DISTS weight file from .pth files (needs torch)",
-                       description="Converts torchvision's ImageNet AlexNet/VGG16 weights, the lpips package's "
-                                   "v0.1 linear layers and DISTS_pytorch's alpha/beta into the one safetensors "
-                                   "file d3sr.metrics reads. A file not given is looked for where torch.hub and "
-                                   "the installed lpips / DISTS_pytorch packages keep it.")
+def _convert_metric_weights_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alexnet", help="torchvision's alexnet-owt-7be5be79.pth (LPIPS alex)")
     p.add_argument("--vgg16", help="torchvision's vgg16-397923af.pth (LPIPS vgg, DISTS)")
     p.add_argument("--lpips-dir", help="the lpips package's weights/v0.1 folder (alex.pth, vgg.pth)")
     p.add_argument("--dists", help="DISTS_pytorch's weights.pt (alpha, beta)")
     p.add_argument("-o", "--output", help="where to write (default: ~/.cache/d3sr/metrics.safetensors)")
     p.add_argument("--no-search", action="store_true", help="use only the files given")
-    p.set_defaults(run=run_convert_metric_weights)
 
 
+@command("convert-metric-weights", help="make the LPIPS/DISTS weight file from .pth files (needs torch)",
+         description="Converts torchvision's ImageNet AlexNet/VGG16 weights, the lpips package's v0.1 linear layers "
+                     "and DISTS_pytorch's alpha/beta into the one safetensors file d3sr.metrics reads. A file not "
+                     "given is looked for where torch.hub and the installed lpips / DISTS_pytorch packages keep it.",
+         arguments=_convert_metric_weights_arguments)
 def run_convert_metric_weights(args) -> int:
     from . import _metric_weights as mw
 
@@ -365,8 +381,35 @@ def plan_outputs(inputs: List[str], given: Sequence[str], output: str, fmt: str)
     return plan
 
 
+def _upscale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--checkpoint", required=True, help="folder with d3sr.json")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
+                   help="default: fp32 on the CPU, bf16 on CUDA")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1..100 (default 95)")
+    p.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tiff", "same"),
+                   help="format of the files written into an output folder (default png; same: each input's)")
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
+    p.add_argument("--latent-tile", type=_tile_size, default=96,
+                   help="UNet tile in latent pixels, a multiple of 8, or 'none' (default 96, as OSEDiff)")
+    p.add_argument("--latent-overlap", type=int, default=32, help="overlap of UNet tiles in latent pixels (default 32)")
+    p.add_argument("--encoder-tile", type=_tile_size, default=1024,
+                   help="VAE encoder tile in pixels, a multiple of 8, or 'none' (default 1024)")
+    p.add_argument("--decoder-tile", type=_tile_size, default=224,
+                   help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default 224)")
+    p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"),
+                   help="StableSR's colour fix against the bicubic-upsampled input (default none)")
+
+
+@command("upscale", help="super-resolve image files with a generator checkpoint", arguments=_upscale_arguments)
 def run_upscale(args) -> int:
     import d3sr
+    from tqdm import tqdm
+
     from .images import check_writable, read_image, upscale_picture
 
     if not 1 <= args.quality <= 100:
@@ -384,12 +427,22 @@ def run_upscale(args) -> int:
     start = time.perf_counter()
     upscaler = d3sr.Upscaler.load(args.checkpoint, device=args.device, dtype=args.dtype)
     print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    tiles = {"latent_tile": args.latent_tile, "latent_overlap": args.latent_overlap,
+             "encoder_tile": args.encoder_tile, "decoder_tile": args.decoder_tile}
+    color_fix = None if args.color_fix == "none" else args.color_fix
     with _progress(len(plan), "upscale") as progress:
         for path, target in plan:
             picture = read_image(path)
             check_writable(target, picture)  # before the model's work, not after
             start = time.perf_counter()
-            out = upscale_picture(picture, lambda rgb: upscaler.upscale(rgb, scale=args.scale))
+
+            def run(rgb):  # with a bar over the tiles of this image when it has several
+                steps = upscaler.progress_steps(rgb.shape, args.scale, **tiles)
+                with tqdm(total=steps, unit="tile", leave=False, disable=steps == 0, file=sys.stderr,
+                          desc=os.path.basename(path)) as bar:
+                    return upscaler.upscale(rgb, scale=args.scale, color_fix=color_fix, progress=bar.update, **tiles)
+
+            out = upscale_picture(picture, run)
             write_image(target, out, quality=args.quality)
             progress.write(f"{path} {picture.size[0]}x{picture.size[1]} -> {target} {out.size[0]}x{out.size[1]} "
                            f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
@@ -397,6 +450,28 @@ def run_upscale(args) -> int:
     return 0
 
 
+def _tile_size(text: str):
+    """A tile size on the command line: an integer, or 'none' for no tiling."""
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
+def _make_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sd", required=True, help="an SD 2.1-base diffusers folder (with unet/ and vae/)")
+    p.add_argument("--text-embedding", required=True, help=".safetensors or .npy, [77, 1024]")
+    p.add_argument("--unet-lora", help="LoRA for the UNet (file or PEFT folder)")
+    p.add_argument("--vae-lora", help="LoRA for the VAE encoder")
+    p.add_argument("--timestep", type=int, default=399, help="T_L (default 399)")
+    p.add_argument("--latent-formula", default="epsilon", choices=("epsilon", "residual"))
+    p.add_argument("--link", action="store_true", help="symlink unet/ and vae/ instead of copying them")
+    p.add_argument("-o", "--output", required=True, help="checkpoint folder to create")
+
+
+@command("make-checkpoint", help="assemble a generator checkpoint folder", arguments=_make_checkpoint_arguments)
 def run_make_checkpoint(args) -> int:
     from ._tools import make_generator_checkpoint
 
@@ -407,6 +482,21 @@ def run_make_checkpoint(args) -> int:
     return 0
 
 
+def _make_discriminator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sdxl", required=True, help="an SDXL-base diffusers folder (with unet/)")
+    p.add_argument("--conditioning", help=".safetensors: prompt_embeds, pooled_prompt_embeds, time_ids (default zeros)")
+    p.add_argument("--lora", help="LoRA for the trunk (file or PEFT folder)")
+    p.add_argument("--head", help="a trained head (.safetensors); default: a fresh one")
+    p.add_argument("--head-hidden", type=int, default=256, help="hidden width of a fresh head")
+    p.add_argument("--head-activation", default="silu", choices=("silu", "relu", "leaky_relu", "gelu"))
+    p.add_argument("--seed", type=int, default=0, help="seed of a fresh head")
+    p.add_argument("--vae", help="an SD 2.1 vae/ folder, to score images")
+    p.add_argument("--link", action="store_true", help="symlink model folders instead of copying them")
+    p.add_argument("-o", "--output", required=True, help="checkpoint folder to create")
+
+
+@command("make-discriminator", help="assemble a discriminator checkpoint folder",
+         arguments=_make_discriminator_arguments)
 def run_make_discriminator(args) -> int:
     from ._tools import make_discriminator_checkpoint
 
@@ -418,6 +508,13 @@ def run_make_discriminator(args) -> int:
     return 0
 
 
+def _convert_osediff_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pkl", help="OSEDiff's saved model (a torch pickle)")
+    p.add_argument("-o", "--output", required=True, help="folder for unet_lora.safetensors and vae_lora.safetensors")
+
+
+@command("convert-osediff", help="convert an OSEDiff LoRA .pkl into safetensors LoRA files",
+         arguments=_convert_osediff_arguments)
 def run_convert_osediff(args) -> int:
     from ._tools import convert_osediff
 
@@ -426,6 +523,14 @@ def run_convert_osediff(args) -> int:
     return 0
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=128, help="input side in pixels; the output is 4x")
+    p.add_argument("--tiny", action="store_true", help="a tiny architecture instead of SD 2.1-base's")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("-o", "--output", default="d3sr_demo.png")
+
+
+@command("demo", help="run the whole generator on random weights (no download needed)", arguments=_demo_arguments)
 def run_demo(args) -> int:
     from ._tools import demo
 
@@ -437,62 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d3sr", description="D3SR one-step diffusion super-resolution "
                                                                "and image-quality metrics.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("upscale", help="super-resolve image files with a generator checkpoint")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--checkpoint", required=True, help="folder with d3sr.json")
-    p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
-                   help="default: fp32 on the CPU, bf16 on CUDA")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality, 1..100 (default 95)")
-    p.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tiff", "same"),
-                   help="format of the files written into an output folder (default png; same: each input's)")
-    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
-    p.set_defaults(run=run_upscale)
-
-    add_eval(sub)
-    add_score(sub)
-
-    p = sub.add_parser("make-checkpoint", help="assemble a generator checkpoint folder")
-    p.add_argument("--sd", required=True, help="an SD 2.1-base diffusers folder (with unet/ and vae/)")
-    p.add_argument("--text-embedding", required=True, help=".safetensors or .npy, [77, 1024]")
-    p.add_argument("--unet-lora", help="LoRA for the UNet (file or PEFT folder)")
-    p.add_argument("--vae-lora", help="LoRA for the VAE encoder")
-    p.add_argument("--timestep", type=int, default=399, help="T_L (default 399)")
-    p.add_argument("--latent-formula", default="epsilon", choices=("epsilon", "residual"))
-    p.add_argument("--link", action="store_true", help="symlink unet/ and vae/ instead of copying them")
-    p.add_argument("-o", "--output", required=True, help="checkpoint folder to create")
-    p.set_defaults(run=run_make_checkpoint)
-
-    p = sub.add_parser("make-discriminator", help="assemble a discriminator checkpoint folder")
-    p.add_argument("--sdxl", required=True, help="an SDXL-base diffusers folder (with unet/)")
-    p.add_argument("--conditioning", help=".safetensors: prompt_embeds, pooled_prompt_embeds, time_ids (default zeros)")
-    p.add_argument("--lora", help="LoRA for the trunk (file or PEFT folder)")
-    p.add_argument("--head", help="a trained head (.safetensors); default: a fresh one")
-    p.add_argument("--head-hidden", type=int, default=256, help="hidden width of a fresh head")
-    p.add_argument("--head-activation", default="silu", choices=("silu", "relu", "leaky_relu", "gelu"))
-    p.add_argument("--seed", type=int, default=0, help="seed of a fresh head")
-    p.add_argument("--vae", help="an SD 2.1 vae/ folder, to score images")
-    p.add_argument("--link", action="store_true", help="symlink model folders instead of copying them")
-    p.add_argument("-o", "--output", required=True, help="checkpoint folder to create")
-    p.set_defaults(run=run_make_discriminator)
-
-    p = sub.add_parser("convert-osediff", help="convert an OSEDiff LoRA .pkl into safetensors LoRA files")
-    p.add_argument("pkl", help="OSEDiff's saved model (a torch pickle)")
-    p.add_argument("-o", "--output", required=True, help="folder for unet_lora.safetensors and vae_lora.safetensors")
-    p.set_defaults(run=run_convert_osediff)
-
-    add_convert_metric_weights(sub)
-
-    p = sub.add_parser("demo", help="run the whole generator on random weights (no download needed)")
-    p.add_argument("--size", type=int, default=128, help="input side in pixels; the output is 4x")
-    p.add_argument("--tiny", action="store_true", help="a tiny architecture instead of SD 2.1-base's")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("-o", "--output", default="d3sr_demo.png")
-    p.set_defaults(run=run_demo)
+    assert sorted(LISTED) == sorted(COMMANDS), "every registered command is listed, once"
+    for name in LISTED:
+        help_, options, arguments, run = COMMANDS[name]
+        parser_ = sub.add_parser(name, help=help_, **options)
+        arguments(parser_)
+        parser_.set_defaults(run=run)
     return parser
 
 

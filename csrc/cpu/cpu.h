@@ -69,6 +69,10 @@ d3sr_status cpu_winograd_conv2d(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_
 d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
                            d3sr_tensor *out);
 d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, d3sr_tensor *out);
+/* Tiled GroupNorm (backend.h): a region's statistics, and normalising with given ones. */
+d3sr_status cpu_group_stats(d3sr_ctx *ctx, const d3sr_tensor *x, int groups, const int region[4], double *stats);
+d3sr_status cpu_group_norm_with(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, const float *mean_rstd,
+                                int silu, d3sr_tensor *out);
 d3sr_status cpu_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
                           const d3sr_tensor *v, int heads, d3sr_tensor *out);
 

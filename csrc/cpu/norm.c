@@ -154,3 +154,90 @@ d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm 
     }
     return D3SR_OK;
 }
+
+/* ---- tiled GroupNorm: statistics over a region, normalisation with given ones ---- */
+
+/* Per-channel sums over rows [y0, y1) x columns [x0, x1) of one sample, as channel_sums. */
+static void region_channel_sums(const float *xs, int w, int c, const int region[4], const double *mean,
+                                double *partial, double *total, int threads)
+{
+    const size_t rows = (size_t)(region[1] - region[0]), width = (size_t)(region[3] - region[2]);
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        double *acc = partial + (size_t)omp_get_thread_num() * c;
+#else
+        double *acc = partial;
+#endif
+        memset(acc, 0, (size_t)c * sizeof *acc);
+        size_t r0, r1;
+        cpu_share(rows, &r0, &r1);
+        for (size_t r = r0; r < r1; r++) {
+            const float *row = xs + (((size_t)region[0] + r) * w + (size_t)region[2]) * c;
+            if (mean)
+                add_squared_deviations(row, width, c, mean, acc);
+            else
+                add_rows(row, width, c, acc);
+        }
+    }
+    memset(total, 0, (size_t)c * sizeof *total);
+    for (int t = 0; t < threads; t++)
+        for (int j = 0; j < c; j++) total[j] += partial[(size_t)t * c + j];
+}
+
+d3sr_status cpu_group_stats(d3sr_ctx *ctx, const d3sr_tensor *x, int groups, const int region[4], double *stats)
+{
+    const int c = x->c, cg = c / groups, threads = d3sr_threads();
+    const size_t pixels = d3sr_tensor_pixels(x);
+    double *partial;
+    D3SR_CHECK(d3sr_workspace(ctx, ((size_t)threads * c + 2 * (size_t)c) * sizeof(double), (void **)&partial));
+    double *total = partial + (size_t)threads * c, *mean = total + c;
+    const double count = (double)(region[1] - region[0]) * (region[3] - region[2]) * cg;
+    for (int n = 0; n < x->n; n++) {
+        const float *xs = (const float *)x->data + (size_t)n * pixels * c;
+        double *out = stats + (size_t)n * groups * 3;
+        region_channel_sums(xs, x->w, c, region, NULL, partial, total, threads);
+        for (int g = 0; g < groups; g++) {
+            double s = 0;
+            for (int j = 0; j < cg; j++) s += total[g * cg + j];
+            for (int j = 0; j < cg; j++) mean[g * cg + j] = s / count;
+        }
+        region_channel_sums(xs, x->w, c, region, mean, partial, total, threads);
+        for (int g = 0; g < groups; g++) {
+            double s = 0;
+            for (int j = 0; j < cg; j++) s += total[g * cg + j];
+            out[g * 3] = count;
+            out[g * 3 + 1] = mean[g * cg];
+            out[g * 3 + 2] = s;
+        }
+    }
+    return D3SR_OK;
+}
+
+d3sr_status cpu_group_norm_with(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, const float *mean_rstd,
+                                int silu, d3sr_tensor *out)
+{
+    const int c = x->c, cg = c / norm->groups, threads = d3sr_threads();
+    const size_t pixels = d3sr_tensor_pixels(x);
+    const float *gamma = norm->gamma.data, *beta = norm->beta.data;
+    float *scale;
+    D3SR_CHECK(d3sr_workspace(ctx, 2 * (size_t)c * sizeof(float), (void **)&scale));
+    float *shift = scale + c;
+    for (int n = 0; n < x->n; n++) {
+        const float *ms = mean_rstd + (size_t)n * norm->groups * 2;
+        for (int ch = 0; ch < c; ch++) {
+            double mean = ms[(ch / cg) * 2], rstd = ms[(ch / cg) * 2 + 1];
+            scale[ch] = (float)(rstd * gamma[ch]);
+            shift[ch] = (float)(beta[ch] - mean * rstd * gamma[ch]);
+        }
+        const float *xs = (const float *)x->data + (size_t)n * pixels * c;
+        float *ys = (float *)out->data + (size_t)n * pixels * c;
+#pragma omp parallel num_threads(threads)
+        {
+            size_t p0, p1;
+            cpu_share(pixels, &p0, &p1);
+            scale_shift_rows(xs + p0 * c, p1 - p0, c, scale, shift, silu, ys + p0 * c);
+        }
+    }
+    return D3SR_OK;
+}

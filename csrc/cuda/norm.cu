@@ -14,6 +14,8 @@
  * per-group stats kernel instead. LayerNorm takes one warp per row, two passes
  * over the row (it stays in L1) for the mean and the variance.
  */
+#include <stdlib.h>
+
 #include "norm.cuh"
 
 #define GN_THREADS 256
@@ -249,6 +251,126 @@ d3sr_status cuda_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
     return by_dtype(ctx->dtype, [&](auto tag) {
         typedef typename decltype(tag)::type T;
         return group_norm_typed<T>(ctx, x, norm, silu, out);
+    });
+}
+
+/* ---- tiled GroupNorm ------------------------------------------------------ */
+
+/* Block (group, sample): Welford over the group's channels in rows [r0, r1) x
+ * columns [c0, c1) of one sample, merged as gn_stats_generic_kernel does. The
+ * pooled pass is a few layers of a tile, so this simple layout is enough. */
+template <typename T>
+__global__ void __launch_bounds__(GN_THREADS)
+    gn_region_stats_kernel(const T *x, size_t sample_stride, int w, int c, int cg, int groups, int r0, int r1,
+                           int c0, int c1, welford *out)
+{
+    __shared__ welford states[GN_THREADS];
+    const int g = blockIdx.x, b = blockIdx.y;
+    const size_t width = (size_t)(c1 - c0), count = (size_t)(r1 - r0) * width * cg;
+    const T *xs = x + (size_t)b * sample_stride + (size_t)g * cg;
+    welford acc = {0.0f, 0.0f, 0.0f};
+    for (size_t i = threadIdx.x; i < count; i += GN_THREADS) {
+        size_t p = i / cg, j = i % cg;
+        size_t row = (size_t)r0 + p / width, col = (size_t)c0 + p % width;
+        welford one = {1.0f, to_f32(xs[(row * w + col) * c + j]), 0.0f};
+        acc = welford_merge(acc, one);
+    }
+    states[threadIdx.x] = acc;
+    __syncthreads();
+    for (int stride = GN_THREADS / 2; stride > 0; stride /= 2) {
+        if ((int)threadIdx.x < stride) states[threadIdx.x] = welford_merge(states[threadIdx.x], states[threadIdx.x + stride]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[(size_t)b * groups + g] = states[0];
+}
+
+/* Block per sample: scale_shift[b] = [scale[c] | shift[c]] from given mean and 1/std per group. */
+template <typename T>
+__global__ void gn_fold_kernel(const float *mean_rstd, int groups, int c, int cg, const T *gamma, const T *beta,
+                               float *scale_shift)
+{
+    const int b = blockIdx.x;
+    const float *ms = mean_rstd + (size_t)b * groups * 2;
+    float *scale = scale_shift + (size_t)b * 2 * c, *shift = scale + c;
+    for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
+        int g = ch / cg;
+        float s = ms[2 * g + 1] * to_f32(gamma[ch]);
+        scale[ch] = s;
+        shift[ch] = to_f32(beta[ch]) - ms[2 * g] * s;
+    }
+}
+
+template <typename T>
+static d3sr_status group_stats_typed(d3sr_ctx *ctx, const d3sr_tensor *x, int groups, const int region[4],
+                                     double *stats)
+{
+    cuda_state *s = cuda_state_of(ctx);
+    const int n = x->n, cg = x->c / groups;
+    if (n > 65535) return cuda_fail(D3SR_ERR_VALUE, "group_norm: a batch of %d is more than 65535 samples", n);
+    welford *partial;
+    const size_t bytes = (size_t)n * groups * sizeof(welford);
+    D3SR_CHECK(cuda_core->workspace(ctx, bytes, (void **)&partial));
+    gn_region_stats_kernel<T><<<dim3((unsigned)groups, (unsigned)n), GN_THREADS, 0, s->stream>>>(
+        (const T *)x->data, d3sr_tensor_pixels(x) * x->c, x->w, x->c, cg, groups, region[0], region[1], region[2],
+        region[3], partial);
+    CUDA_LAUNCHED();
+    welford *host = (welford *)malloc(bytes);
+    if (!host) return cuda_fail(D3SR_ERR_MEMORY, "group_norm: out of host memory for %zu bytes", bytes);
+    d3sr_status st = CUDA_STATUS(cudaMemcpyAsync(host, partial, bytes, cudaMemcpyDeviceToHost, s->stream));
+    if (st == D3SR_OK) st = CUDA_STATUS(cudaStreamSynchronize(s->stream));
+    for (size_t i = 0; st == D3SR_OK && i < (size_t)n * groups; i++) {
+        stats[3 * i] = host[i].n;
+        stats[3 * i + 1] = host[i].mean;
+        stats[3 * i + 2] = host[i].m2;
+    }
+    free(host);
+    return st;
+}
+
+template <typename T>
+static d3sr_status group_norm_with_typed(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
+                                         const float *mean_rstd, int silu, d3sr_tensor *out)
+{
+    cuda_state *s = cuda_state_of(ctx);
+    const int n = x->n, c = x->c, groups = norm->groups, cg = c / groups;
+    const size_t pixels = d3sr_tensor_pixels(x), given_bytes = round256((size_t)n * groups * 2 * sizeof(float));
+    char *ws;
+    D3SR_CHECK(cuda_core->workspace(ctx, given_bytes + (size_t)n * 2 * c * sizeof(float), (void **)&ws));
+    float *given = (float *)ws, *scale_shift = (float *)(ws + given_bytes);
+    CUDA_TRY(cudaMemcpyAsync(given, mean_rstd, (size_t)n * groups * 2 * sizeof(float), cudaMemcpyHostToDevice,
+                             s->stream));
+    gn_fold_kernel<T><<<n, 256, 0, s->stream>>>(given, groups, c, cg, (const T *)norm->gamma.data,
+                                                (const T *)norm->beta.data, scale_shift);
+    CUDA_LAUNCHED();
+    const size_t count = d3sr_tensor_numel(x);
+    const int VA = vec16<T>::n;
+    const T *xd = (const T *)x->data;
+    if (c % VA == 0 && aligned16(x->data) && aligned16(out->data))
+        gn_apply_kernel<T, vec16<T>::n><<<cuda_blocks(ctx, count / VA, 256), 256, 0, s->stream>>>(
+            xd, (T *)out->data, scale_shift, pixels, c, silu, count / VA);
+    else
+        gn_apply_kernel<T, 1><<<cuda_blocks(ctx, count, 256), 256, 0, s->stream>>>(xd, (T *)out->data, scale_shift,
+                                                                                   pixels, c, silu, count);
+    CUDA_LAUNCHED();
+    /* mean_rstd is the caller's pageable scratch, reused by the next layer: the copy must be done. */
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    return D3SR_OK;
+}
+
+d3sr_status cuda_group_stats(d3sr_ctx *ctx, const d3sr_tensor *x, int groups, const int region[4], double *stats)
+{
+    return by_dtype(ctx->dtype, [&](auto tag) {
+        typedef typename decltype(tag)::type T;
+        return group_stats_typed<T>(ctx, x, groups, region, stats);
+    });
+}
+
+d3sr_status cuda_group_norm_with(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, const float *mean_rstd,
+                                 int silu, d3sr_tensor *out)
+{
+    return by_dtype(ctx->dtype, [&](auto tag) {
+        typedef typename decltype(tag)::type T;
+        return group_norm_with_typed<T>(ctx, x, norm, mean_rstd, silu, out);
     });
 }
 

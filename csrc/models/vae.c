@@ -17,6 +17,7 @@
 
 #include "blocks.h"
 #include "model.h"
+#include "tiles.h"
 
 #define VAE_EPS 1e-6f
 
@@ -245,6 +246,7 @@ static d3sr_status encode_forward(d3sr_ctx *ctx, void *arg)
     const vae *v = call->v;
     const d3sr_vae_config *c = &v->cfg;
     d3sr_tensor x;
+    ctx->pooling.next = 0; /* GroupNorm layers count from 0 in each pass */
     D3SR_CHECK(d3sr_upload_nchw(ctx, call->input, call->n, c->in_channels, call->h, call->w, &x)); // [n, H, W, 3]
     D3SR_CHECK(run_conv(ctx, &v->enc_conv_in, &x));                                                // [n, H, W, boc0]
     D3SR_CHECK(d3sr_capture_tensor(ctx, &x, "encoder.conv_in"));
@@ -269,6 +271,7 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
     const vae *v = call->v;
     const d3sr_vae_config *c = &v->cfg;
     d3sr_tensor x;
+    ctx->pooling.next = 0; /* GroupNorm layers count from 0 in each pass */
     D3SR_CHECK(d3sr_upload_nchw(ctx, call->input, call->n, c->latent_channels, call->h, call->w, &x)); // [n, h, w, latent]
     if (c->use_post_quant_conv) D3SR_CHECK(run_conv(ctx, &v->post_quant_conv, &x));
     D3SR_CHECK(run_conv(ctx, &v->dec_conv_in, &x));                                                // [n, h, w, boc_last]
@@ -290,6 +293,15 @@ static d3sr_status decode_forward(d3sr_ctx *ctx, void *arg)
     D3SR_CHECK(run_conv(ctx, &v->dec_conv_out, &x));                                               // [n, H, W, out]
     D3SR_CHECK(d3sr_download_nchw(ctx, &x, 0, c->out_channels, call->output));                     // [n, out, H, W]
     return D3SR_OK;
+}
+
+/* GroupNorm layers one pass runs, in the order the forwards above call them. */
+static int count_norm_layers(const vae *v, int encode)
+{
+    const d3sr_vae_config *c = &v->cfg;
+    const int per_resnet = 2, mid = 2 * per_resnet + (c->mid_block_add_attention ? 1 : 0);
+    const int resnets = c->num_levels * (encode ? c->layers_per_block : c->layers_per_block + 1);
+    return resnets * per_resnet + mid + 1; /* + conv_norm_out */
 }
 
 static d3sr_status vae_run(d3sr_model *m, int part, const char *what, d3sr_status (*forward)(d3sr_ctx *, void *),
@@ -365,4 +377,136 @@ d3sr_status d3sr_vae_decode(d3sr_model *m, const float *z, int n, int h, int w, 
     if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_decode needs a VAE");
     const vae *v = m->impl;
     return vae_run(m, D3SR_VAE_DECODER, "decode", decode_forward, z, n, v->cfg.latent_channels, h, w, 1, image);
+}
+/* ---- tiled calls ---------------------------------------------------------- */
+
+typedef struct {
+    const vae *v;
+    int encode, n, channels, h, w;       /* the whole input */
+    int out_channels, scale_num, scale_den; /* output size = input size * num / den */
+    const float *input;                  /* borrowed: [n, channels, h, w] */
+    float *output;                       /* borrowed: [n, out_channels, h * num / den, w * num / den] */
+    const int (*tiles)[8];
+    vae_call *calls;                     /* owned: [count]; input and output windows owned */
+} tiled_vae;
+
+static void copy_window(const float *src, int n, int c, int h, int w, int y0, int y1, int x0, int x1, float *dst)
+{
+    const int wh = y1 - y0, ww = x1 - x0;
+    for (int i = 0; i < n * c; i++)
+        for (int y = 0; y < wh; y++)
+            memcpy(dst + ((size_t)i * wh + y) * ww, src + ((size_t)i * h + y0 + y) * w + x0, (size_t)ww * sizeof *dst);
+}
+
+/* Copies tile i's core out of its output window into the image and frees the window. */
+static d3sr_status finish_tile(int i, void *user)
+{
+    tiled_vae *t = user;
+    const int *tile = t->tiles[i];
+    const int num = t->scale_num, den = t->scale_den;
+    const int oh = t->h * num / den, ow = t->w * num / den;
+    const int wy0 = tile[0] * num / den, wx0 = tile[2] * num / den, wh = (tile[1] - tile[0]) * num / den,
+              ww = (tile[3] - tile[2]) * num / den;
+    const int cy0 = tile[4] * num / den, cy1 = tile[5] * num / den, cx0 = tile[6] * num / den, cx1 = tile[7] * num / den;
+    vae_call *call = &t->calls[i];
+    for (int k = 0; k < t->n * t->out_channels; k++)
+        for (int y = cy0; y < cy1; y++)
+            memcpy(t->output + ((size_t)k * oh + y) * ow + cx0, call->output + ((size_t)k * wh + y - wy0) * ww + cx0 - wx0,
+                   (size_t)(cx1 - cx0) * sizeof(float));
+    free((void *)call->input);
+    free(call->output);
+    call->input = NULL;
+    call->output = NULL;
+    return D3SR_OK;
+}
+
+static d3sr_status check_tiles(const int (*tiles)[8], int count, int h, int w, int multiple)
+{
+    if (count < 1) return d3sr_fail(D3SR_ERR_VALUE, "tiles: none given");
+    long long covered = 0;
+    for (int i = 0; i < count; i++) {
+        const int *t = tiles[i];
+        if (t[1] - t[0] != tiles[0][1] - tiles[0][0] || t[3] - t[2] != tiles[0][3] - tiles[0][2])
+            return d3sr_fail(D3SR_ERR_VALUE, "tiles: window %d is %d x %d, window 0 %d x %d; all must have one size", i,
+                             t[1] - t[0], t[3] - t[2], tiles[0][1] - tiles[0][0], tiles[0][3] - tiles[0][2]);
+        if (t[0] < 0 || t[1] > h || t[2] < 0 || t[3] > w || t[4] < t[0] || t[5] > t[1] || t[6] < t[2] || t[7] > t[3] ||
+            t[4] >= t[5] || t[6] >= t[7])
+            return d3sr_fail(D3SR_ERR_VALUE, "tiles: tile %d's window must lie in the %d x %d input and hold its core", i, h, w);
+        for (int j = 0; j < 8; j++)
+            if (t[j] % multiple)
+                return d3sr_fail(D3SR_ERR_VALUE, "tiles: tile %d's bounds must be multiples of %d", i, multiple);
+        for (int j = 0; j < i; j++) {
+            const int *u = tiles[j];
+            if (t[4] < u[5] && u[4] < t[5] && t[6] < u[7] && u[6] < t[7])
+                return d3sr_fail(D3SR_ERR_VALUE, "tiles: the cores of tiles %d and %d overlap", j, i);
+        }
+        covered += (long long)(t[5] - t[4]) * (t[7] - t[6]);
+    }
+    if (covered != (long long)h * w) return d3sr_fail(D3SR_ERR_VALUE, "tiles: the cores do not cover the %d x %d input", h, w);
+    return D3SR_OK;
+}
+
+d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w, const int (*tiles)[8],
+                               int count, int park_half, float *out, size_t *parked_bytes)
+{
+    if (parked_bytes) *parked_bytes = 0;
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_run_tiled needs a VAE");
+    vae *v = m->impl;
+    const d3sr_vae_config *c = &v->cfg;
+    const int part = encode ? D3SR_VAE_ENCODER : D3SR_VAE_DECODER, factor = 1 << (c->num_levels - 1);
+    const char *what = encode ? "encode" : "decode";
+    tiled_vae t = {v, encode, n, encode ? c->in_channels : c->latent_channels, h, w,
+                   encode ? c->latent_channels : c->out_channels, encode ? 1 : factor, encode ? factor : 1,
+                   x, out, tiles, NULL};
+    D3SR_CHECK(d3sr_model_enter(m, D3SR_MODEL_VAE, what));
+    d3sr_status status = D3SR_OK;
+    if (!(v->parts & part))
+        status = d3sr_fail(D3SR_ERR_VALUE, "%s: this VAE was loaded without its %s", what, encode ? "encoder" : "decoder");
+    else if (n < 1 || h < 1 || w < 1)
+        status = d3sr_fail(D3SR_ERR_VALUE, "%s: the input is empty", what);
+    else
+        status = check_tiles(tiles, count, h, w, encode ? factor : 1);
+    if (status == D3SR_OK) status = d3sr_check_finite(x, (size_t)n * t.channels * h * w, what);
+    if (status == D3SR_OK) {
+        t.calls = calloc((size_t)count, sizeof *t.calls);
+        if (!t.calls) status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory", what);
+    }
+    void **args = status == D3SR_OK ? calloc((size_t)count, sizeof *args) : NULL;
+    int (*cores)[4] = status == D3SR_OK ? calloc((size_t)count, sizeof *cores) : NULL;
+    if (status == D3SR_OK && (!args || !cores)) status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory", what);
+    const int wh = tiles[0][1] - tiles[0][0], ww = tiles[0][3] - tiles[0][2];
+    const size_t out_window = (size_t)n * t.out_channels * ((size_t)wh * t.scale_num / t.scale_den) *
+                              ((size_t)ww * t.scale_num / t.scale_den);
+    for (int i = 0; status == D3SR_OK && i < count; i++) {
+        const int *tile = tiles[i];
+        float *in = malloc((size_t)n * t.channels * wh * ww * sizeof *in);
+        float *o = malloc(out_window * sizeof *o); /* pages are touched only when the tile's output arrives */
+        t.calls[i] = (vae_call){v, in, n, wh, ww, o};
+        args[i] = &t.calls[i];
+        if (!in || !o) {
+            status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory for tile windows", what);
+            break;
+        }
+        copy_window(x, n, t.channels, h, w, tile[0], tile[1], tile[2], tile[3], in);
+        cores[i][0] = tile[4] - tile[0];
+        cores[i][1] = tile[5] - tile[0];
+        cores[i][2] = tile[6] - tile[2];
+        cores[i][3] = tile[7] - tile[2];
+    }
+    if (status == D3SR_OK) {
+        d3sr_tiles_job job = {encode ? encode_forward : decode_forward, args, (const int (*)[4])cores, count, n,
+                              count_norm_layers(v, encode), c->norm_num_groups, wh, ww, park_half, finish_tile, &t};
+        d3sr_tiles_report report = {0};
+        status = d3sr_tiles_run(&m->ctx, &job, &report);
+        if (parked_bytes) *parked_bytes = report.parked_peak_bytes;
+    }
+    for (int i = 0; t.calls && i < count; i++) {
+        free((void *)t.calls[i].input);
+        free(t.calls[i].output);
+    }
+    free(t.calls);
+    free(args);
+    free(cores);
+    d3sr_model_leave(m);
+    return status;
 }

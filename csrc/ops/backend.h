@@ -40,6 +40,13 @@ struct d3sr_backend {
                           const d3sr_tensor *residual, d3sr_tensor *out);
     d3sr_status (*group_norm)(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
                               int silu, d3sr_tensor *out);
+    /* Tiled GroupNorm: stats [n, groups, 3] (count, mean, M2) on the host over
+     * rows region[0]..region[1], columns region[2]..region[3] of each sample;
+     * and GroupNorm (+SiLU) with given host mean_rstd [n, groups, 2]. */
+    d3sr_status (*group_stats)(d3sr_ctx *ctx, const d3sr_tensor *x, int groups, const int region[4],
+                               double *stats);
+    d3sr_status (*group_norm_with)(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,
+                                   const float *mean_rstd, int silu, d3sr_tensor *out);
     d3sr_status (*attention)(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,
                              const d3sr_tensor *v, int heads, d3sr_tensor *out);
     d3sr_status (*layer_norm)(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm,

@@ -455,11 +455,78 @@ d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm
     if (x->c != norm->channels || norm->groups <= 0 || x->c % norm->groups != 0)
         return d3sr_fail(D3SR_ERR_VALUE, "group_norm: %d channels in %d groups, the layer has %d channels",
                          x->c, norm->groups, norm->channels);
+    if (ctx->pooling.pool) return d3sr_group_norm_pooled(ctx, x, norm, silu, out);
     D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
     reads(ctx, x, NULL, NULL);
     if (d3sr_ctx_planning(ctx)) return planned(ctx);
     double start = profile_begin(ctx);
     return ran(ctx, D3SR_OP_GROUP_NORM, start, ctx->backend->group_norm(ctx, x, norm, silu, out));
+}
+
+/* One of a pooled pass's scaled bounds: v * size / in_size, which must be whole
+ * (tile cores sit on the grid of the coarsest resolution). */
+static d3sr_status scale_bound(int v, int size, int in_size, int *out)
+{
+    long long scaled = (long long)v * size;
+    if (scaled % in_size)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: a tile's core bound %d of %d does not fall on a pixel of a %d-pixel layer",
+                         v, in_size, size);
+    *out = (int)(scaled / in_size);
+    return D3SR_OK;
+}
+
+d3sr_status d3sr_group_norm_pooled(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
+                                   d3sr_tensor *out)
+{
+    d3sr_norm_pooling *pooling = &ctx->pooling;
+    const d3sr_norm_pool *pool = pooling->pool;
+    const int layer = pooling->next++, groups = norm->groups;
+    if (layer >= pool->layers)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the pool holds %d layers, the call runs more", pool->layers);
+    if (groups != pool->groups)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: layer %d has %d groups, the pool %d", layer, groups, pool->groups);
+    int region[4];
+    D3SR_CHECK(scale_bound(pool->y0, x->h, pooling->in_h, &region[0]));
+    D3SR_CHECK(scale_bound(pool->y1, x->h, pooling->in_h, &region[1]));
+    D3SR_CHECK(scale_bound(pool->x0, x->w, pooling->in_w, &region[2]));
+    D3SR_CHECK(scale_bound(pool->x1, x->w, pooling->in_w, &region[3]));
+    if (region[0] < 0 || region[0] >= region[1] || region[1] > x->h || region[2] < 0 || region[2] >= region[3] ||
+        region[3] > x->w)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the core [%d, %d) x [%d, %d) is empty or outside the %d x %d layer",
+                         region[0], region[1], region[2], region[3], x->h, x->w);
+    reads(ctx, x, NULL, NULL);
+    if (d3sr_ctx_planning(ctx)) {
+        D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
+        return planned(ctx);
+    }
+    if (!ctx->backend->group_stats || !ctx->backend->group_norm_with)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the %s backend has no pooled GroupNorm", ctx->backend->name);
+    const size_t per_sample = (size_t)pool->layers * groups;
+    if (pool->collect) {
+        double start = profile_begin(ctx);
+        D3SR_CHECK(profile_end(ctx, D3SR_OP_GROUP_NORM, start,
+                               ctx->backend->group_stats(ctx, x, groups, region, pooling->stats)));
+        for (int n = 0; n < x->n; n++)
+            memcpy(pool->collect + ((size_t)n * per_sample + (size_t)layer * groups) * 3,
+                   pooling->stats + (size_t)n * groups * 3, (size_t)groups * 3 * sizeof(double));
+    }
+    /* The output is allocated after the barrier, so a parked tile holds only what it still needs. */
+    if (pooling->barrier) D3SR_CHECK(pooling->barrier(ctx, pooling->barrier_user));
+    D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
+    double start = profile_begin(ctx);
+    d3sr_status status;
+    if (pool->apply) {
+        for (int n = 0; n < x->n; n++)
+            for (int g = 0; g < groups; g++) {
+                const double *mv = pool->apply + ((size_t)n * per_sample + (size_t)layer * groups + g) * 2;
+                pooling->mean_rstd[((size_t)n * groups + g) * 2] = (float)mv[0];
+                pooling->mean_rstd[((size_t)n * groups + g) * 2 + 1] = (float)(1.0 / sqrt(mv[1] + (double)norm->eps));
+            }
+        status = ctx->backend->group_norm_with(ctx, x, norm, pooling->mean_rstd, silu, out);
+    } else {
+        status = ctx->backend->group_norm(ctx, x, norm, silu, out);
+    }
+    return ran(ctx, D3SR_OP_GROUP_NORM, start, status);
 }
 
 d3sr_status d3sr_attention(d3sr_ctx *ctx, const d3sr_tensor *q, const d3sr_tensor *k,

@@ -16,6 +16,7 @@
 #include "../core/tensor.h"
 
 typedef struct d3sr_backend d3sr_backend;
+typedef struct d3sr_ctx d3sr_ctx;
 
 /* Intermediate activations copied to the host while a call runs, for
  * block-by-block comparison with a reference and for inspection. */
@@ -46,8 +47,24 @@ typedef struct {
     double seconds[D3SR_OP_COUNT];
 } d3sr_profile;
 
+/* The GroupNorm layers of a tiled call (see d3sr_norm_pool in d3sr.h): the
+ * pool names the tile's core at the input's resolution in_h x in_w; next
+ * counts the layers run so far in this pass. */
+typedef struct {
+    const d3sr_norm_pool *pool; /* borrowed from the caller for one call; NULL: plain GroupNorm */
+    int in_h, in_w;
+    int next;
+    float *mean_rstd;           /* owned by the caller: host [n, groups, 2] scratch */
+    double *stats;              /* owned by the caller: host [n, groups, 3] scratch */
+    /* Called after a layer's statistics are collected and before they are
+     * applied (NULL: none): where the tiles of one image wait for each other
+     * (models/tiles.c). */
+    d3sr_status (*barrier)(d3sr_ctx *ctx, void *user);
+    void *barrier_user;
+} d3sr_norm_pooling;
+
 /* One model's execution state: backend, activation arena and scratch. */
-typedef struct d3sr_ctx {
+struct d3sr_ctx {
     const d3sr_backend *backend; /* borrowed: static table of the backend */
     void *backend_state;         /* owned by the backend (CUDA handles, stream); NULL on CPU */
     d3sr_dtype dtype;            /* activation dtype: F32 on CPU */
@@ -56,7 +73,8 @@ typedef struct d3sr_ctx {
     size_t workspace_bytes;
     d3sr_capture capture;
     d3sr_profile profile;
-} d3sr_ctx;
+    d3sr_norm_pooling pooling;   /* GroupNorm statistics of a tiled call (pool NULL otherwise) */
+};
 
 /* A convolution, weights in the backend's layout. */
 typedef struct {
@@ -153,6 +171,12 @@ d3sr_status d3sr_linear_apply(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_li
 /* GroupNorm over [h, w, c/groups] per sample and group, then SiLU if silu. */
 d3sr_status d3sr_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
                             d3sr_tensor *out);
+
+/* d3sr_group_norm under a tiled call: ctx->pooling.pool set, the layer's core
+ * statistics go to pool->collect and pool->apply's statistics normalise (see
+ * d3sr_norm_pool). Called by d3sr_group_norm; exposed for the op tests. */
+d3sr_status d3sr_group_norm_pooled(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm *norm, int silu,
+                                   d3sr_tensor *out);
 
 /* Multi-head scaled dot-product attention, softmax in fp32.
  * q [n, 1, Lq, heads*d], k and v [n, 1, Lk, heads*d] -> out [n, 1, Lq, heads*d]. */

@@ -9,6 +9,7 @@
  */
 #include "../d3sr_single_op.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "../core/status.h"
@@ -236,6 +237,7 @@ static d3sr_status single_forward(d3sr_ctx *ctx, void *arg)
     const d3sr_single_params *p = call->p;
     const double *v = p->values;
     d3sr_tensor a, b, c, y;
+    ctx->pooling.next = 0; /* a pooled GroupNorm counts its layers from the start of each pass */
     D3SR_CHECK(upload(ctx, p, 0, &a));
     switch (p->kind) {
     case D3SR_SINGLE_CONV2D:
@@ -310,7 +312,8 @@ static d3sr_status register_layer(single_call *call, d3sr_params *params, const 
     }
 }
 
-d3sr_status d3sr_single_run(const d3sr_single_params *p, float *out)
+/* Runs p in a throwaway context; pool (NULL: none) pools its GroupNorm. */
+static d3sr_status run(const d3sr_single_params *p, const d3sr_norm_pool *pool, float *out)
 {
     int ndim, out_shape[4];
     D3SR_CHECK(d3sr_single_output_shape(p, &ndim, out_shape));
@@ -320,14 +323,44 @@ d3sr_status d3sr_single_run(const d3sr_single_params *p, float *out)
     memset(&ctx, 0, sizeof ctx);
     memset(&params, 0, sizeof params);
     const float *hosts[2];
+    float *mean_rstd = NULL;
+    double *stats = NULL;
     d3sr_status status = d3sr_ctx_init(&ctx, p->device, p->dtype);
+    if (status == D3SR_OK && pool) {
+        const int n = p->arrays[0].shape[0], groups = pool->groups;
+        mean_rstd = malloc((size_t)n * groups * 2 * sizeof *mean_rstd);
+        stats = malloc((size_t)n * groups * 3 * sizeof *stats);
+        if (!mean_rstd || !stats) status = d3sr_fail(D3SR_ERR_MEMORY, "out of host memory");
+        ctx.pooling = (d3sr_norm_pooling){.pool = pool, .in_h = p->arrays[0].shape[1], .in_w = p->arrays[0].shape[2],
+                                          .mean_rstd = mean_rstd, .stats = stats};
+    }
     if (status == D3SR_OK) status = register_layer(&call, &params, hosts);
     for (int i = 0; status == D3SR_OK && i < params.count; i++)
         status = d3sr_weight_upload(&ctx, &params.items[i], D3SR_F32, hosts[i], params.items[i].dst);
     if (status == D3SR_OK) status = d3sr_ctx_run(&ctx, single_forward, &call);
     if (ctx.backend)
         for (int i = 0; i < params.count; i++) d3sr_weight_free(&ctx, params.items[i].dst);
+    memset(&ctx.pooling, 0, sizeof ctx.pooling);
     d3sr_params_clear(&params);
     d3sr_ctx_destroy(&ctx);
+    free(mean_rstd);
+    free(stats);
     return status;
+}
+
+d3sr_status d3sr_single_run(const d3sr_single_params *p, float *out)
+{
+    return run(p, NULL, out);
+}
+
+d3sr_status d3sr_single_group_norm_pooled(const d3sr_single_params *p, const d3sr_norm_pool *pool, float *out)
+{
+    if (p->kind != D3SR_SINGLE_GROUP_NORM) return d3sr_fail(D3SR_ERR_VALUE, "a pool takes the group_norm op");
+    const int *x = p->arrays[0].shape, groups = (int)p->values[0];
+    if (pool->layers != 1 || pool->groups != groups)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the pool must hold 1 layer of %d groups", groups);
+    if (pool->y0 < 0 || pool->y1 > x[1] || pool->y0 >= pool->y1 || pool->x0 < 0 || pool->x1 > x[2] || pool->x0 >= pool->x1)
+        return d3sr_fail(D3SR_ERR_VALUE, "group_norm: the core [%d, %d) x [%d, %d) is empty or outside the %d x %d input",
+                         pool->y0, pool->y1, pool->x0, pool->x1, x[1], x[2]);
+    return run(p, pool, out);
 }

@@ -230,6 +230,58 @@ static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
 static PyObject *model_vae_encode(ModelObject *self, PyObject *x) { return vae_call(self, x, 1); }
 static PyObject *model_vae_decode(ModelObject *self, PyObject *z) { return vae_call(self, z, 0); }
 
+/* vae_run_tiled(x, tiles [count, 8] int, encode, park_half) -> (output, parked bytes). */
+static PyObject *model_vae_run_tiled(ModelObject *self, PyObject *args)
+{
+    PyObject *obj, *tiles_obj;
+    int encode, park_half;
+    if (!PyArg_ParseTuple(args, "OOpp", &obj, &tiles_obj, &encode, &park_half)) return NULL;
+    PyArrayObject *x = encode ? float32_array(obj, "x", 4, "[N, C, H, W]")
+                              : float32_array(obj, "z", 4, "[N, latent_channels, h, w]");
+    if (!x) return NULL;
+    PyArrayObject *tiles = (PyArrayObject *)PyArray_FROM_OTF(tiles_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    if (!tiles) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    PyArrayObject *y = NULL;
+    if (PyArray_NDIM(tiles) != 2 || PyArray_DIM(tiles, 1) != 8 || PyArray_DIM(tiles, 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "tiles must have shape [count, 8]: window y0, y1, x0, x1, core y0, y1, x0, x1");
+        goto done;
+    }
+    int64_t in[4], out[4];
+    for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
+    d3sr_status status = d3sr_vae_output_shape(self->model, encode, in, out);
+    if (status != D3SR_OK) {
+        raise_status(status);
+        goto done;
+    }
+    npy_intp dims[4] = {(npy_intp)out[0], (npy_intp)out[1], (npy_intp)out[2], (npy_intp)out[3]};
+    y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (!y) goto done;
+    size_t parked = 0;
+    const float *xd = PyArray_DATA(x);
+    const int (*td)[8] = (const int (*)[8])PyArray_DATA(tiles);
+    int count = (int)PyArray_DIM(tiles, 0);
+    float *yd = PyArray_DATA(y);
+    RUN_LOCKED(self, d3sr_vae_run_tiled(self->model, encode, xd, (int)in[0], (int)in[2], (int)in[3], td, count, park_half,
+                                        yd, &parked));
+    if (status != D3SR_OK) {
+        Py_CLEAR(y);
+        raise_status(status);
+        goto done;
+    }
+    Py_DECREF(x);
+    Py_DECREF(tiles);
+    return Py_BuildValue("(Nn)", (PyObject *)y, (Py_ssize_t)parked);
+done:
+    Py_DECREF(x);
+    Py_DECREF(tiles);
+    Py_XDECREF(y);
+    return NULL;
+}
+
+
 static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"sample", "timesteps", "encoder_hidden_states", "text_embeds", "time_ids", NULL};
@@ -389,6 +441,8 @@ static PyMethodDef model_methods[] = {
     {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
     {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
+    {"vae_run_tiled", (PyCFunction)model_vae_run_tiled, METH_VARARGS,
+     "vae_run_tiled(x, tiles [count, 8], encode, park_half) -> (output, most bytes parked): one pass, pooled GroupNorm."},
     {"head_forward", (PyCFunction)model_head_forward, METH_O, "head_forward(features [N, C, h, w]) -> logits [N, 1, h, w]"},
     {"unet_forward", (PyCFunction)(void (*)(void))model_unet_forward, METH_VARARGS | METH_KEYWORDS,
      "unet_forward(sample, timesteps [N], encoder_hidden_states [N, L, D], text_embeds=None, time_ids=None)"},
@@ -606,6 +660,37 @@ static PyObject *py_cuda_status(PyObject *module, PyObject *unused)
     return Py_BuildValue("(Os)", ok ? Py_True : Py_False, why);
 }
 
+/* color_fix(sr, ref, kind): sr [n, h, w, c] float32, C-contiguous and writable,
+ * corrected in place; kind 1 adain, 2 wavelet. */
+static PyObject *py_color_fix(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *sro, *refo;
+    int kind;
+    if (!PyArg_ParseTuple(args, "OOi", &sro, &refo, &kind)) return NULL;
+    if (!PyArray_Check(sro) || PyArray_TYPE((PyArrayObject *)sro) != NPY_FLOAT32 || PyArray_NDIM((PyArrayObject *)sro) != 4 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)sro) || !PyArray_ISWRITEABLE((PyArrayObject *)sro)) {
+        PyErr_SetString(PyExc_TypeError, "color_fix: sr must be a writable C-contiguous float32 array [n, h, w, c]");
+        return NULL;
+    }
+    PyArrayObject *sr = (PyArrayObject *)sro, *ref = float32_array(refo, "ref", 4, "[n, h, w, c]");
+    if (!ref) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (PyArray_DIM(ref, i) != PyArray_DIM(sr, i)) {
+            Py_DECREF(ref);
+            PyErr_SetString(PyExc_ValueError, "color_fix: ref must have the shape of sr");
+            return NULL;
+        }
+    d3sr_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = d3sr_color_fix(PyArray_DATA(sr), PyArray_DATA(ref), (int)PyArray_DIM(sr, 0), (int)PyArray_DIM(sr, 1),
+                            (int)PyArray_DIM(sr, 2), (int)PyArray_DIM(sr, 3), (d3sr_color_fix_kind)kind);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ref);
+    if (status != D3SR_OK) return raise_status(status);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"vae_create", (PyCFunction)(void (*)(void))py_vae_create, METH_VARARGS | METH_KEYWORDS,
      "vae_create(config: dict, parts: int, device='cpu', dtype='fp32') -> Model"},
@@ -613,6 +698,8 @@ static PyMethodDef module_methods[] = {
      "head_create(in_channels, hidden, activation, negative_slope=0.2, device='cpu', dtype='fp32') -> Model"},
     {"unet_create", (PyCFunction)(void (*)(void))py_unet_create, METH_VARARGS | METH_KEYWORDS,
      "unet_create(config: dict, trunk_only=False, device='cpu', dtype='fp32') -> Model"},
+    {"color_fix", (PyCFunction)py_color_fix, METH_VARARGS,
+     "color_fix(sr [n,h,w,c] float32, ref, kind): StableSR's colour fix in place (1 adain, 2 wavelet)."},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads of the CPU kernels (0: all cores)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads of the CPU kernels."},
     {"max_threads", py_max_threads, METH_NOARGS, "The most threads set_num_threads takes."},

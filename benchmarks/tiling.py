@@ -1,0 +1,164 @@
+"""The tiled generator at large sizes: peak memory, time, and tiled-vs-untiled fidelity.
+
+Runs the real SD 2.1-base architecture on seeded random weights
+(d3sr.testing, d3sr/configs), each measurement in its own process so peak
+RSS is that run's alone:
+
+    python benchmarks/tiling.py memory --sizes 256 512 1024      # input sides; output 4x
+    python benchmarks/tiling.py fidelity --size 256 --latent-tile 64 --latent-overlap 16 \\
+        --encoder-tile 512 --decoder-tile 64                       # tiled vs untiled, per stage
+
+memory: seconds per output megapixel and peak RSS of Upscaler.upscale at the
+default tiles (weights alone are measured too, so the table shows what the
+activations add). fidelity: each stage run tiled and untiled on the same
+input (the untiled pipeline's), relative L2 and PSNR (images in [0, 1],
+latents against their own peak), and end to end.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_upscaler():
+    import d3sr
+    from d3sr._checkpoint import GENERATOR_DEFAULTS
+    from d3sr.testing import iter_random_weights, real_config
+
+    vae = d3sr.VAE.from_config(real_config("sd21-vae"))
+    vae.load_weights(iter_random_weights(vae.weight_shapes(), seed=0))
+    unet = d3sr.UNet.from_config(real_config("sd21-base-unet"))
+    unet.load_weights(iter_random_weights(unet.weight_shapes(), seed=1))
+    embedding = np.random.default_rng(2).standard_normal((77, 1024)).astype(np.float32)
+    return d3sr.Upscaler(vae, unet, embedding, dict(GENERATOR_DEFAULTS))
+
+
+def test_image(size: int) -> np.ndarray:
+    """A smooth random test image (d3sr.testing.random_images) as uint8 [size, size, 3]."""
+    from d3sr.testing import random_images
+
+    return ((random_images((1, 3, size, size), seed=3)[0].transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+
+
+def child_memory(size: int, tiles: dict) -> dict:
+    up = build_upscaler()
+    weights_mb = peak_rss_mb()
+    image = test_image(size)
+    start = time.perf_counter()
+    out = up.upscale(image, scale=4, **tiles)
+    seconds = time.perf_counter() - start
+    mp = out.shape[0] * out.shape[1] / 1e6
+    return {"size": size, "out": out.shape[0], "seconds": seconds, "s_per_mp": seconds / mp,
+            "peak_rss_mb": peak_rss_mb(), "weights_rss_mb": weights_mb,
+            "parked_mb": up.vae.last_parked_bytes / 2 ** 20}
+
+
+def psnr(a, b, peak: float) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def rel_l2(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def child_fidelity(size: int, tiles: dict, park: str) -> dict:
+    from d3sr import _tiling as tiling
+    from d3sr.images import bicubic
+
+    up = build_upscaler()
+    image = test_image(size).astype(np.float32)[None] / 255
+    x = np.ascontiguousarray((bicubic(image, 4) * 2 - 1).transpose(0, 3, 1, 2))
+    rows = {}
+
+    def stage(name, tiled, untiled, peak=None):
+        peak = peak if peak is not None else float(np.abs(untiled).max())
+        rows[name] = {"rel_l2": rel_l2(tiled, untiled), "psnr": psnr(tiled, untiled, peak)}
+        print(name, rows[name], flush=True)
+
+    start = time.perf_counter()
+    z = up.vae.encode(x) * np.float32(up.scaling_factor)
+    h, w = x.shape[2:]
+    n_enc = tiling.tile_count(h, w, tiles["encoder_tile"], 8)
+    z_tiled = up.vae.encode_tiled(x, tiles["encoder_tile"], park=park) * np.float32(up.scaling_factor)
+    stage(f"VAE encoder ({n_enc} tiles)", z_tiled, z)
+    eps = up._unet_eps(z, None, 0, None)
+    eps_tiled = up._unet_eps(z, tiles["latent_tile"], tiles["latent_overlap"], None)
+    n_lat = len(tiling.latent_tiles(z.shape[2], z.shape[3], tiles["latent_tile"], tiles["latent_overlap"]))
+    stage(f"UNet ({n_lat} latent tiles)", eps_tiled, eps)
+    z_h = up.denoise(z, eps) / np.float32(up.scaling_factor)
+    image_untiled = (np.clip(up.vae.decode(z_h), -1, 1) + 1) / 2
+    n_dec = tiling.tile_count(z.shape[2], z.shape[3], tiles["decoder_tile"], 1)
+    image_tiled = (np.clip(up.vae.decode_tiled(z_h, tiles["decoder_tile"], park=park), -1, 1) + 1) / 2
+    stage(f"VAE decoder ({n_dec} tiles)", image_tiled, image_untiled, 1.0)
+    z_h_tiled = up.denoise(z_tiled, up._unet_eps(z_tiled, tiles["latent_tile"], tiles["latent_overlap"], None))
+    end_to_end = (np.clip(up.vae.decode_tiled(z_h_tiled / np.float32(up.scaling_factor), tiles["decoder_tile"],
+                                              park=park), -1, 1) + 1) / 2
+    stage("end to end", end_to_end, image_untiled, 1.0)
+    return {"size": size, "tiles": tiles, "park": park, "stages": rows, "seconds": time.perf_counter() - start}
+
+
+def run_child(args_list) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "child"] + args_list, env=env,
+                         stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("memory", "fidelity", "child"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--latent-tile", type=int, default=96)
+    parser.add_argument("--latent-overlap", type=int, default=32)
+    parser.add_argument("--encoder-tile", type=int, default=1024)
+    parser.add_argument("--decoder-tile", type=int, default=224)
+    parser.add_argument("--park", default="float32", choices=("float32", "float16"))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    import d3sr
+
+    if args.threads:
+        d3sr.set_num_threads(args.threads)
+    tiles = {"latent_tile": args.latent_tile, "latent_overlap": args.latent_overlap,
+             "encoder_tile": args.encoder_tile, "decoder_tile": args.decoder_tile}
+    if args.mode == "child":
+        result = child_memory(args.size, tiles) if args.child == "memory" else child_fidelity(args.size, tiles, args.park)
+        print(json.dumps(result))
+        return
+    common = ["--latent-tile", str(args.latent_tile), "--latent-overlap", str(args.latent_overlap),
+              "--encoder-tile", str(args.encoder_tile), "--decoder-tile", str(args.decoder_tile),
+              "--park", args.park, "--threads", str(args.threads)]
+    if args.mode == "memory":
+        print(f"threads: {d3sr.get_num_threads()}, tiles: {tiles}")
+        print("| input -> output | s | s per output MP | peak RSS MB | weights RSS MB | parked MB (last VAE stage) |")
+        print("|---|---|---|---|---|---|")
+        for size in args.sizes:
+            r = run_child(["--child", "memory", "--size", str(size)] + common)
+            print(f"| {size} -> {r['out']} | {r['seconds']:.0f} | {r['s_per_mp']:.1f} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['weights_rss_mb']:.0f} | {r['parked_mb']:.0f} |", flush=True)
+    else:
+        r = run_child(["--child", "fidelity", "--size", str(args.size)] + common)
+        print(f"{args.size} -> {4 * args.size}, tiles {tiles}, parked as {args.park}")
+        print("| stage | rel L2 | PSNR dB |")
+        print("|---|---|---|")
+        for name, row in r["stages"].items():
+            print(f"| {name} | {row['rel_l2']:.2e} | {row['psnr']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
