@@ -205,8 +205,8 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
 @command("score", help="the discriminator's realness of image files, with heat maps",
          description="Encodes each image with the discriminator's VAE, noises it to timestep t (seeded, the same "
                      "noise for every image of a size) and prints the mean probability of being real over its "
-                     "32x32-pixel patches. An image whose sides are not multiples of 32 is scored on its top-left "
-                     "part that is.",
+                     "patches (one per 4x4 latent pixels: 32x32 pixels with SD's VAE, 16x16 with d3sr-tiny's). An "
+                     "image whose sides are not multiples of the patch is scored on its top-left part that is.",
          arguments=_score_arguments)
 def run_score(args) -> int:
     import numpy as np
