@@ -47,8 +47,9 @@ static void remove_slot(d3sr_arena *arena, int i)
 
 void d3sr_arena_use(d3sr_arena *arena, const void *p)
 {
+    if (arena->pass != D3SR_PASS_RECORD) return; /* later passes only replay what was recorded */
     int i = find_block(arena, p);
-    if (i >= 0 && arena->pass == D3SR_PASS_RECORD) arena->last_use[arena->live[i].id] = arena->step;
+    if (i >= 0) arena->last_use[arena->live[i].id] = arena->step;
 }
 
 void d3sr_arena_step_end(d3sr_arena *arena)
