@@ -28,7 +28,7 @@ EA-DISTS needs ImageNet VGG weights, which cannot be had offline; the
 edge-aware term here is the L1 distance of Sobel gradient magnitudes (the
 edge map EA-DISTS compares), on every colour channel.
 
-    python tools/train_tiny.py --work WORKDIR --steps 700 --seed 0
+    python tools/train_tiny.py --work WORKDIR --steps 300 --seed 0
     python tools/train_tiny.py --work WORKDIR --export d3sr/models/tiny [--checkpoint WORKDIR/step_003000.pt]
 """
 from __future__ import annotations
@@ -107,7 +107,8 @@ DISC_CONFIG = {
 HEAD_HIDDEN = 32
 
 # Loss weights.
-W_EDGE, W_REC, W_LAT, W_ADV = 0.5, 0.25, 0.1, 0.01
+W_EDGE, W_REC, W_ADV = 0.5, 0.25, 0.01
+WARMUP = 20              # steps of linear learning-rate warm-up: larger first steps wrecked init_passthrough
 ADV_START = 0.25         # fraction of the steps before the adversarial term starts
 T_MAX = 750              # discriminator timesteps t ~ U[0, T_MAX): above, F(z, t) is nearly all noise
 
@@ -216,23 +217,79 @@ def sdxl_trunk(unet, sample, t, context, text_embeds, time_ids):
 
 
 CONSTANT = 32.0  # the constant feature channel of init_passthrough
+# The VAE's main path as init_passthrough sets it stays fixed: these layers read the constant
+# channel (or GroupNorm's +12 offset) directly, so each Adam step on them moved the output by
+# 32x (12x) the step and training diverged (measured: L1 0.08 -> 0.23 in 40 steps). The VAE
+# learns in its residual branches (ResNet norm1/conv1/norm2/conv2, which read normalised
+# features), as the UNet learns everywhere.
+FROZEN = ("encoder.conv_in.", "encoder.conv_norm_out.", "encoder.conv_out.", "quant_conv.", "post_quant_conv.",
+          "decoder.conv_in.", "decoder.conv_norm_out.", "decoder.conv_out.", "encoder.down_blocks.0.downsamplers.",
+          "encoder.down_blocks.1.downsamplers.", "decoder.up_blocks.0.upsamplers.", "decoder.up_blocks.1.upsamplers.")
+
+
+def _depthwise(x, kernel, stride=1, padding=1):
+    c = x.shape[1]
+    return F.conv2d(x, kernel.expand(c, 1, 3, 3), stride=stride, padding=padding, groups=c)
+
+
+def linear_path(up, kernels):
+    """The VAE's main path as init_passthrough builds it, on the colour channels alone:
+    encoder conv_in, the two stride-2 downsamplers (pad at the bottom and right), decoder
+    conv_in, the two nearest x2 + conv upsamplers; one 3x3 kernel each, shared by R, G, B."""
+    k_in, k_down1, k_down2, k_dec, k_up1, k_up2 = kernels
+    y = _depthwise(up, k_in)
+    y = _depthwise(F.pad(y, (0, 1, 0, 1)), k_down1, 2, 0)
+    y = _depthwise(F.pad(y, (0, 1, 0, 1)), k_down2, 2, 0)
+    h = _depthwise(y, k_dec)
+    h = _depthwise(F.interpolate(h, scale_factor=2, mode="nearest"), k_up1)
+    return _depthwise(F.interpolate(h, scale_factor=2, mode="nearest"), k_up2)
+
+
+def fit_linear_path(photos, seed: int, steps: int = 1200):
+    """Stage 1: the six 3x3 kernels of linear_path fitted (Adam, MSE away from the border) to
+    map the bicubic input to the HR crop on training crops, starting from identity, 2x2 box
+    and bilinear tent kernels. Returns them and the PSNR (RGB) of the fit and of bicubic."""
+    crops = Crops(photos, 64, seed + 2)
+    batches = []
+    for _ in range(8):
+        hr, lr = crops.batch(16)
+        batches.append((to_tensor(hr), torch.from_numpy(upsample(lr))))
+    eye = torch.zeros(1, 1, 3, 3)
+    eye[0, 0, 1, 1] = 1
+    box = torch.zeros(1, 1, 3, 3)
+    box[0, 0, :2, :2] = 0.25
+    tent = (torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0])) / 16)[None, None]
+    kernels = [k.clone().requires_grad_(True) for k in (eye, box, box, eye, tent, tent)]
+    opt = torch.optim.Adam(kernels, lr=0.003)
+    inner = lambda t: t[..., 8:-8, 8:-8]
+    for step in range(steps):
+        hr, up = batches[step % len(batches)]
+        loss = F.mse_loss(inner(linear_path(up, kernels)), inner(hr))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        fit = np.mean([F.mse_loss(inner(linear_path(up, kernels)), inner(hr)).item() for hr, up in batches])
+        bic = np.mean([F.mse_loss(inner(up), inner(hr)).item() for hr, up in batches])
+    return [k.detach() for k in kernels], 10 * np.log10(4 / fit), 10 * np.log10(4 / bic)
 
 
 @torch.no_grad()
-def init_passthrough(vae, unet) -> None:
-    """Starts the generator at a smooth x4 upsampler instead of noise, so that the short
-    training run refines a working model rather than discovering one.
+def init_passthrough(vae, unet, kernels) -> None:
+    """Starts the generator at a fitted linear x4 upsampler instead of noise, so that the
+    short training run refines a working model rather than discovering one.
 
     A from-scratch VAE of this size barely learned to carry colour in the time we have
     (GroupNorm removes each crop's mean and scale at every level). Here the VAE starts
-    nearly linear: every residual branch is zero (conv2 = 0: each ResNet block is the
-    identity), the encoder box-averages the image into latent channels 0-2 (2x2 averages
-    in both downsamplers), the decoder interpolates them back (nearest x2 then a [1 2 1]
-    tent = bilinear, twice), and channel 3 carries a large constant: GroupNorm (one group)
-    then divides by nearly the same number for every image, and its SiLU runs where it is
-    linear (bias 12), so the output layers can undo both. The UNet's conv_out is zero
-    (eps = 0): z_H = z_L / sqrt(abar), which the decoder's last GroupNorm makes no
-    difference to. Training then grows the residual branches and the UNet from there."""
+    linear on its main path: every residual branch is zero (conv2 = 0: each ResNet block is
+    the identity); the colour channels 0-2 go through linear_path's kernels (encoder conv_in,
+    the downsamplers, decoder conv_in, the upsamplers); channel 3 carries a large constant,
+    so that GroupNorm (one group) divides by nearly the same number for every image, and
+    the SiLU after the last GroupNorms runs where it is linear (bias 12): the output layers
+    undo both. The UNet's conv_out is zero (eps = 0): z_H = z_L / sqrt(abar), which the
+    decoder's last GroupNorm makes no difference to. Training grows the residual branches
+    and the UNet from there."""
+    k_in, k_down1, k_down2, k_dec, k_up1, k_up2 = kernels
     for model in (vae, unet):
         for name, module in model.named_modules():
             if name.endswith(".conv2") and "resnets" in name:
@@ -246,38 +303,41 @@ def init_passthrough(vae, unet) -> None:
         for c in channels:
             conv.weight[c, c, k, k] = value
 
+    def colour_kernel(conv, kernel):
+        for c in range(3):
+            conv.weight[c, c] = kernel[0, 0]
+
     enc, dec = vae.encoder, vae.decoder
-    identity(enc.conv_in, range(3))
+    identity(enc.conv_in, [])
+    colour_kernel(enc.conv_in, k_in)
     enc.conv_in.bias[3] = CONSTANT
-    for block in enc.down_blocks:
+    for block, kernel in zip(enc.down_blocks, (k_down1, k_down2, None)):
         for resnet in block.resnets:
             if resnet.conv_shortcut is not None:
                 identity(resnet.conv_shortcut, range(4))
         for down in block.downsamplers or []:
             down.conv.weight.zero_(); down.conv.bias.zero_()
-            for c in range(4):
-                down.conv.weight[c, c, :2, :2] = 0.25       # 2x2 box (the pad is at the bottom and right)
-    n = enc.conv_norm_out.num_channels                   # features [c0, c1, c2, K, 0, ...]
-    sigma = CONSTANT * math.sqrt(n - 1) / n              # GroupNorm's std of them, for any image
+            down.conv.weight[3, 3, :2, :2] = 0.25     # the constant: a 2x2 box never reads the padding
+            colour_kernel(down.conv, kernel)
+    n = enc.conv_norm_out.num_channels                 # features [c0, c1, c2, K, 0, ...]
+    sigma = CONSTANT * math.sqrt(n - 1) / n            # GroupNorm's std of them, for any image
     enc.conv_norm_out.weight.fill_(1.0); enc.conv_norm_out.bias.fill_(12.0)
     enc.conv_out.weight.zero_(); enc.conv_out.bias.zero_()
-    for c in range(3):                                   # minus a zero channel: GroupNorm's mean and SiLU's bias cancel
+    for c in range(3):                                 # minus a zero channel: GroupNorm's mean and SiLU's bias cancel
         enc.conv_out.weight[c, c, 1, 1], enc.conv_out.weight[c, n - 1, 1, 1] = sigma, -sigma
     enc.conv_out.weight[3, 3, 1, 1], enc.conv_out.weight[3, n - 1, 1, 1] = sigma / CONSTANT, -sigma / CONSTANT
     identity(vae.quant_conv, range(vae.quant_conv.weight.shape[0]))
     identity(vae.post_quant_conv, range(vae.post_quant_conv.weight.shape[0]))
-    identity(dec.conv_in, range(3))
+    identity(dec.conv_in, [])
+    colour_kernel(dec.conv_in, k_dec)
     dec.conv_in.weight[3, 3, 1, 1] = CONSTANT
-    tent = torch.tensor([1.0, 2.0, 1.0])
-    tent = torch.outer(tent, tent) / 16
-    for block in dec.up_blocks:
+    for block, kernel in zip(dec.up_blocks, (k_up1, k_up2, None)):
         for resnet in block.resnets:
             if resnet.conv_shortcut is not None:
                 identity(resnet.conv_shortcut, range(4))
         for up in block.upsamplers or []:
             identity(up.conv, [3])
-            for c in range(3):
-                up.conv.weight[c, c] = tent                # nearest x2 then the tent: bilinear x2
+            colour_kernel(up.conv, kernel)
     n = dec.conv_norm_out.num_channels
     sigma = CONSTANT * math.sqrt(n - 1) / n
     dec.conv_norm_out.weight.fill_(1.0); dec.conv_norm_out.bias.fill_(12.0)
@@ -288,7 +348,7 @@ def init_passthrough(vae, unet) -> None:
 
 
 class Models(torch.nn.Module):
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, kernels):
         super().__init__()
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -296,7 +356,9 @@ class Models(torch.nn.Module):
         strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}
         self.vae = AutoencoderKL(**strip(VAE_CONFIG))
         self.unet = UNet2DConditionModel(**strip(UNET_CONFIG))
-        init_passthrough(self.vae, self.unet)
+        init_passthrough(self.vae, self.unet, kernels)
+        for name, param in self.vae.named_parameters():
+            param.requires_grad_(not name.startswith(FROZEN) and ".conv_shortcut." not in name)
         self.text_embedding = torch.nn.Parameter(torch.randn(CONTEXT_LEN, UNET_CONFIG["cross_attention_dim"]))
         self.disc = UNet2DConditionModel(**strip(DISC_CONFIG))
         self.head = torch.nn.Sequential(torch.nn.Conv2d(DISC_CONFIG["block_out_channels"][-1], HEAD_HIDDEN, 1),
@@ -312,7 +374,9 @@ class Models(torch.nn.Module):
         self.x0_divisor = float(np.sqrt(abar[TIMESTEP]))
 
     def generator_parameters(self):
-        return list(self.vae.parameters()) + list(self.unet.parameters()) + [self.text_embedding]
+        """What the generator trains: the VAE's residual branches, the whole UNet, the text embedding."""
+        vae = [p for n, p in self.vae.named_parameters() if not n.startswith(FROZEN) and ".conv_shortcut." not in n]
+        return vae + list(self.unet.parameters()) + [self.text_embedding]
 
     def discriminator_parameters(self):
         trunk = [p for n, p in self.disc.named_parameters() if not n.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))]
@@ -383,9 +447,14 @@ def train(args) -> None:
     print(f"{len(photos)} training photos loaded in {time.time() - t0:.0f} s", flush=True)
     val_hr, val_lr = validation_set()
     crops = Crops(photos, args.crop, args.seed)
-    models = Models(args.seed)
+    torch.manual_seed(args.seed)
+    start = time.time()
+    kernels, fit_psnr, bicubic_psnr = fit_linear_path(photos, args.seed)
+    print(f"stage 1: linear path fitted in {time.time() - start:.0f} s: {fit_psnr:.2f} dB RGB on its crops "
+          f"(bicubic {bicubic_psnr:.2f} dB)", flush=True)
+    models = Models(args.seed, kernels)
     ema = copy.deepcopy(models).requires_grad_(False)
-    opt_g = torch.optim.AdamW(models.generator_parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt_g = torch.optim.AdamW(models.generator_parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.0)
     opt_d = torch.optim.AdamW(models.discriminator_parameters(), lr=args.lr, betas=(0.5, 0.99), weight_decay=0.0)
     step, history = 0, []
     resume = os.path.join(args.work, "last.pt")
@@ -401,7 +470,7 @@ def train(args) -> None:
     writer = csv.writer(log)
     t_start = time.time()
     while step < args.steps:
-        lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        lr = args.lr * min(1.0, (step + 1) / WARMUP) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -418,10 +487,9 @@ def train(args) -> None:
         loss_pix = F.l1_loss(sr, hr)
         loss_edge = F.l1_loss(sobel_magnitude(sr), edges_hr)
         loss_rec = F.l1_loss(rec, hr) + W_EDGE * F.l1_loss(sobel_magnitude(rec), edges_hr)
-        loss_lat = F.mse_loss(z_h, z_r.detach())
         t = torch.randint(0, T_MAX, (args.batch,))
         loss_adv = F.softplus(-models.score(z_h, t, torch.randn_like(z_h))).mean() if adversarial else torch.zeros(())
-        loss_g = (loss_pix + W_EDGE * loss_edge + W_REC * loss_rec + W_LAT * loss_lat + W_ADV * loss_adv)
+        loss_g = (loss_pix + W_EDGE * loss_edge + W_REC * loss_rec + W_ADV * loss_adv)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(models.generator_parameters(), 1.0)
@@ -445,7 +513,7 @@ def train(args) -> None:
                 e.lerp_(p, 1 - decay)
         step += 1
         row = [step, round(time.time() - t_start, 1), lr] + [round(float(v.detach()), 5) for v in
-                                                             (loss_pix, loss_edge, loss_rec, loss_lat, loss_adv, loss_d)]
+                                                             (loss_pix, loss_edge, loss_rec, loss_adv, loss_d)]
         val = ["", ""]
         if step % args.validate_every == 0 or step == args.steps:
             val = [round(v, 3) for v in validate(ema, val_hr, val_lr)]
@@ -508,15 +576,15 @@ def export(checkpoint: str, out: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="folder for checkpoints and the log (outside the repo)")
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=64, help="HR crop side (a multiple of 32)")
-    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--validate-every", type=int, default=50)
-    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--validate-every", type=int, default=25)
+    parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--fresh", action="store_true", help="ignore WORK/last.pt")
     parser.add_argument("--export", help="write the d3sr checkpoint folders here instead of training")
     parser.add_argument("--checkpoint", help="with --export: the checkpoint (default WORK/last.pt)")
