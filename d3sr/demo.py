@@ -45,8 +45,12 @@ def bicubic_upscale(lr: np.ndarray) -> np.ndarray:
 
 
 def zoom_box(hr: np.ndarray, size: Tuple[int, int]) -> Tuple[int, int]:
-    """(top, left) of the size = (h, w) window with the most detail (gradient energy) in the photo."""
+    """(top, left) of the size = (h, w) window with the most edges: gradient energy of the photo
+    box-averaged 4x4 first, so that outlines count and pixel-scale texture (gravel, noise,
+    which no x4 model can restore) does not."""
     gray = hr.astype(np.float32).mean(axis=2)
+    gray = gray.reshape(gray.shape[0] // SCALE, SCALE, gray.shape[1] // SCALE, SCALE).mean(axis=(1, 3))
+    gray = np.repeat(np.repeat(gray, SCALE, axis=0), SCALE, axis=1)
     energy = np.abs(np.diff(gray, axis=0))[:, :-1] + np.abs(np.diff(gray, axis=1))[:-1, :]
     h, w = size
     integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))

@@ -14,22 +14,28 @@ d3sr.Upscaler runs it:
 
 The discriminator is D3SR's: an SDXL-layout UNet trunk (down and mid blocks,
 text_time conditioning fixed) plus a 1x1 patch head, scoring noised latents
-F(z, t) = sqrt(abar_t) z + sqrt(1 - abar_t) n at random t; real latents are
-the encoder's of the HR crop. Losses (non-saturating BCE for both players):
+F(z, t) = sqrt(abar_t) z + sqrt(1 - abar_t) n at random t < T_MAX; real latents
+are the encoder's of the HR crop.
 
-    generator: L1(SR, HR) + w_edge L1(|Sobel SR|, |Sobel HR|)    (pixel + edge-aware)
-             + L1(D(E(HR)), HR) + w_edge L1(|Sobel D(E(HR))|, ...) (the VAE stays an autoencoder,
-               so E(HR) are meaningful "real" latents for the discriminator)
-             + w_lat |z_H - E(HR)|^2 + w_reg (mean E(HR)^2 - 1)^2  (latent match; unit-scale latents)
-             + w_adv softplus(-D(F(z_H, t)))                     (after the warm-up)
-    discriminator: softplus(-D(F(E(HR), t))) + softplus(D(F(z_H, t))) [+ bicubic latents z_L as fakes too]
+Two stages, because a 2-core machine gives about an hour (a few hundred steps):
+1. fit_linear_path: six 3x3 kernels of a linear x4 upsampler with the VAE's
+   own layout, fitted to the training crops (seconds); init_passthrough then
+   builds the VAE around them (main path linear, residual branches zero, the
+   UNet's output zero), so the generator starts a little above bicubic;
+2. the D3SR losses on random crops (most textured of three), Adam, EMA:
+    generator: L1(SR, HR) + W_EDGE L1(|Sobel SR|, |Sobel HR|)        (pixel + edge-aware)
+             + w_rec [L1 + W_EDGE Sobel L1](D(E(HR)), HR)              (the VAE stays an autoencoder)
+             + w_adv softplus(-D(F(z_H, t)))                          (after ADV_START of the steps)
+    discriminator: softplus(-D(F(E(HR), t))) + softplus(D(F(z_H, t)))
+                   (+ the bicubic latents z_L as fakes too: blur is what it must learn to see)
+   The VAE layers of the linear main path stay frozen (FROZEN says why).
 
 EA-DISTS needs ImageNet VGG weights, which cannot be had offline; the
 edge-aware term here is the L1 distance of Sobel gradient magnitudes (the
 edge map EA-DISTS compares), on every colour channel.
 
-    python tools/train_tiny.py --work WORKDIR --steps 300 --seed 0
-    python tools/train_tiny.py --work WORKDIR --export d3sr/models/tiny [--checkpoint WORKDIR/step_003000.pt]
+    python tools/train_tiny.py --work WORKDIR --steps 200 --seed 0
+    python tools/train_tiny.py --work WORKDIR --export d3sr/models/tiny [--checkpoint WORKDIR/ema_000400.pt]
 """
 from __future__ import annotations
 
@@ -107,7 +113,7 @@ DISC_CONFIG = {
 HEAD_HIDDEN = 32
 
 # Loss weights.
-W_EDGE, W_REC, W_ADV = 0.5, 0.25, 0.01
+W_EDGE = 0.5             # the weights of the HR reconstruction and adversarial terms are arguments
 WARMUP = 20              # steps of linear learning-rate warm-up: larger first steps wrecked init_passthrough
 ADV_START = 0.25         # fraction of the steps before the adversarial term starts
 T_MAX = 750              # discriminator timesteps t ~ U[0, T_MAX): above, F(z, t) is nearly all noise
@@ -217,6 +223,7 @@ def sdxl_trunk(unet, sample, t, context, text_embeds, time_ids):
 
 
 CONSTANT = 32.0  # the constant feature channel of init_passthrough
+DETAIL_GAIN = 4.0  # latent detail channels: luma high-pass and differences of photos are about +-0.1
 # The VAE's main path as init_passthrough sets it stays fixed: these layers read the constant
 # channel (or GroupNorm's +12 offset) directly, so each Adam step on them moved the output by
 # 32x (12x) the step and training diverged (measured: L1 0.08 -> 0.23 in 40 steps). The VAE
@@ -294,6 +301,16 @@ def init_passthrough(vae, unet, kernels) -> None:
         for name, module in model.named_modules():
             if name.endswith(".conv2") and "resnets" in name:
                 module.weight.zero_(); module.bias.zero_()
+    # Each VAE residual branch starts from GroupNorm of [c0, c1, c2, K, 0, ...]: rescale and
+    # recentre the colour channels to the image's own scale and drop the constant, so the
+    # branch's SiLUs see O(1) inputs (with the constant dominating, they were near-linear and
+    # the branches learned slowly: +0.16 dB in 125 steps, measured).
+    for name, module in vae.named_modules():
+        if name.endswith(".norm1") and "resnets" in name:
+            n = module.num_channels
+            module.weight.zero_(); module.bias.zero_()
+            module.weight[:3] = CONSTANT * math.sqrt(n - 1) / n
+            module.bias[:3] = CONSTANT / n
 
     def identity(conv, channels, value=1.0):
         conv.weight.zero_()
@@ -311,14 +328,32 @@ def init_passthrough(vae, unet, kernels) -> None:
     identity(enc.conv_in, [])
     colour_kernel(enc.conv_in, k_in)
     enc.conv_in.bias[3] = CONSTANT
-    for block, kernel in zip(enc.down_blocks, (k_down1, k_down2, None)):
+    # Detail channels for the discriminator: latents that hold only the blurred colour would
+    # look the same for a photo and its bicubic upsampling. Channels 4-6 at full resolution:
+    # the luma's high-pass (identity minus the tent) and its x and y differences; the
+    # downsamplers keep several 2x2 phases of them, so latent channels 4-15 carry the HR
+    # detail of each 4x4 patch (and the decoder does not read them at the start).
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    tent = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0])) / 16
+    high_pass = -tent
+    high_pass[1, 1] += 1
+    dx = torch.tensor([[0.0, 0.0, 0.0], [-0.5, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    for c in range(3):
+        enc.conv_in.weight[4, c] = luma[c] * high_pass
+        enc.conv_in.weight[5, c] = luma[c] * dx
+        enc.conv_in.weight[6, c] = luma[c] * dx.t()
+    phases = {0: [(4, 4, (0, 0)), (5, 4, (1, 1)), (6, 5, (0, 0)), (7, 6, (0, 0))],
+              1: [(o + 4 * k, o, tap) for k, tap in enumerate(((0, 0), (1, 1), (0, 1))) for o in range(4, 8)]}
+    for level, (block, kernel) in enumerate(zip(enc.down_blocks, (k_down1, k_down2, None))):
         for resnet in block.resnets:
             if resnet.conv_shortcut is not None:
-                identity(resnet.conv_shortcut, range(4))
+                identity(resnet.conv_shortcut, range(min(resnet.conv_shortcut.weight.shape[:2])))
         for down in block.downsamplers or []:
             down.conv.weight.zero_(); down.conv.bias.zero_()
             down.conv.weight[3, 3, :2, :2] = 0.25     # the constant: a 2x2 box never reads the padding
             colour_kernel(down.conv, kernel)
+            for out, src, (ty, tx) in phases[level]:
+                down.conv.weight[out, src, ty, tx] = 1.0
     n = enc.conv_norm_out.num_channels                 # features [c0, c1, c2, K, 0, ...]
     sigma = CONSTANT * math.sqrt(n - 1) / n            # GroupNorm's std of them, for any image
     enc.conv_norm_out.weight.fill_(1.0); enc.conv_norm_out.bias.fill_(12.0)
@@ -326,6 +361,8 @@ def init_passthrough(vae, unet, kernels) -> None:
     for c in range(3):                                 # minus a zero channel: GroupNorm's mean and SiLU's bias cancel
         enc.conv_out.weight[c, c, 1, 1], enc.conv_out.weight[c, n - 1, 1, 1] = sigma, -sigma
     enc.conv_out.weight[3, 3, 1, 1], enc.conv_out.weight[3, n - 1, 1, 1] = sigma / CONSTANT, -sigma / CONSTANT
+    for c in range(4, 16):                             # the detail, amplified to about unit scale
+        enc.conv_out.weight[c, c, 1, 1], enc.conv_out.weight[c, n - 1, 1, 1] = DETAIL_GAIN * sigma, -DETAIL_GAIN * sigma
     identity(vae.quant_conv, range(vae.quant_conv.weight.shape[0]))
     identity(vae.post_quant_conv, range(vae.post_quant_conv.weight.shape[0]))
     identity(dec.conv_in, [])
@@ -447,18 +484,22 @@ def train(args) -> None:
     print(f"{len(photos)} training photos loaded in {time.time() - t0:.0f} s", flush=True)
     val_hr, val_lr = validation_set()
     crops = Crops(photos, args.crop, args.seed)
+    resume = os.path.join(args.work, "last.pt")
+    resuming = os.path.exists(resume) and not args.fresh
     torch.manual_seed(args.seed)
-    start = time.time()
-    kernels, fit_psnr, bicubic_psnr = fit_linear_path(photos, args.seed)
-    print(f"stage 1: linear path fitted in {time.time() - start:.0f} s: {fit_psnr:.2f} dB RGB on its crops "
-          f"(bicubic {bicubic_psnr:.2f} dB)", flush=True)
+    if resuming:  # every weight comes from the checkpoint
+        kernels = [torch.zeros(1, 1, 3, 3)] * 6
+    else:
+        start = time.time()
+        kernels, fit_psnr, bicubic_psnr = fit_linear_path(photos, args.seed)
+        print(f"stage 1: linear path fitted in {time.time() - start:.0f} s: {fit_psnr:.2f} dB RGB on its crops "
+              f"(bicubic {bicubic_psnr:.2f} dB)", flush=True)
     models = Models(args.seed, kernels)
     ema = copy.deepcopy(models).requires_grad_(False)
     opt_g = torch.optim.AdamW(models.generator_parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.0)
     opt_d = torch.optim.AdamW(models.discriminator_parameters(), lr=args.lr, betas=(0.5, 0.99), weight_decay=0.0)
     step, history = 0, []
-    resume = os.path.join(args.work, "last.pt")
-    if os.path.exists(resume) and not args.fresh:
+    if resuming:
         state = torch.load(resume, weights_only=False)
         models.load_state_dict(state["models"]); ema.load_state_dict(state["ema"])
         opt_g.load_state_dict(state["opt_g"]); opt_d.load_state_dict(state["opt_d"])
@@ -489,7 +530,7 @@ def train(args) -> None:
         loss_rec = F.l1_loss(rec, hr) + W_EDGE * F.l1_loss(sobel_magnitude(rec), edges_hr)
         t = torch.randint(0, T_MAX, (args.batch,))
         loss_adv = F.softplus(-models.score(z_h, t, torch.randn_like(z_h))).mean() if adversarial else torch.zeros(())
-        loss_g = (loss_pix + W_EDGE * loss_edge + W_REC * loss_rec + W_ADV * loss_adv)
+        loss_g = (loss_pix + W_EDGE * loss_edge + args.w_rec * loss_rec + args.w_adv * loss_adv)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(models.generator_parameters(), 1.0)
@@ -576,12 +617,14 @@ def export(checkpoint: str, out: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="folder for checkpoints and the log (outside the repo)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=64, help="HR crop side (a multiple of 32)")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--w-rec", type=float, default=0.1, help="weight of the VAE's HR reconstruction loss")
+    parser.add_argument("--w-adv", type=float, default=0.005, help="weight of the adversarial loss")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--validate-every", type=int, default=25)
     parser.add_argument("--save-every", type=int, default=25)

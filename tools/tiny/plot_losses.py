@@ -37,13 +37,13 @@ def smooth(y: np.ndarray, n: int = 25) -> np.ndarray:
 def panel(draw, font, x0, title, xs, curves, ylabel, log=False):
     """Axes at x0 with curves [(label, ys, colour)] over xs."""
     left, top, right, bottom = x0 + MARGIN, 40, x0 + W - 10, H - 50
-    ys_all = np.concatenate([np.log10(np.maximum(y, 1e-4)) if log else y for _, y, _ in curves])
+    ys_all = np.concatenate([np.log10(np.maximum(y, 1e-2)) if log else y for _, y, _ in curves])
     lo, hi = float(ys_all.min()), float(ys_all.max())
     hi = hi if hi > lo else lo + 1
     pad = (hi - lo) * 0.05
     lo, hi = lo - pad, hi + pad
     sx = lambda v: left + (v - xs.min()) / max(xs.max() - xs.min(), 1) * (right - left)
-    sy = lambda v: bottom - ((np.log10(max(v, 1e-4)) if log else v) - lo) / (hi - lo) * (bottom - top)
+    sy = lambda v: bottom - ((np.log10(max(v, 1e-2)) if log else v) - lo) / (hi - lo) * (bottom - top)
     draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
     draw.text((left, 12), title, fill=(0, 0, 0), font=font)
     for k in range(5):
