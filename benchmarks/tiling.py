@@ -87,7 +87,7 @@ def child_fidelity(size: int, tiles: dict, park: str) -> dict:
     def stage(name, tiled, untiled, peak=None):
         peak = peak if peak is not None else float(np.abs(untiled).max())
         rows[name] = {"rel_l2": rel_l2(tiled, untiled), "psnr": psnr(tiled, untiled, peak)}
-        print(name, rows[name], flush=True)
+        print(name, rows[name], file=sys.stderr, flush=True)  # partial results while it runs
 
     start = time.perf_counter()
     z = up.vae.encode(x) * np.float32(up.scaling_factor)
