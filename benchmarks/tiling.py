@@ -7,6 +7,7 @@ RSS is that run's alone:
     python benchmarks/tiling.py memory --sizes 256 512 1024      # input sides; output 4x
     python benchmarks/tiling.py fidelity --size 256 --latent-tile 64 --latent-overlap 16 \\
         --encoder-tile 512 --decoder-tile 64                       # tiled vs untiled, per stage
+    python benchmarks/tiling.py vae --size 512 --encoder-tile 256 --decoder-tile 32   # VAE alone
 
 memory: seconds per output megapixel and peak RSS of Upscaler.upscale at the
 default tiles (weights alone are measured too, so the table shows what the
@@ -86,7 +87,7 @@ def child_fidelity(size: int, tiles: dict, park: str) -> dict:
     def stage(name, tiled, untiled, peak=None):
         peak = peak if peak is not None else float(np.abs(untiled).max())
         rows[name] = {"rel_l2": rel_l2(tiled, untiled), "psnr": psnr(tiled, untiled, peak)}
-        print(name, rows[name], flush=True)
+        print(name, rows[name], file=sys.stderr, flush=True)  # partial results while it runs
 
     start = time.perf_counter()
     z = up.vae.encode(x) * np.float32(up.scaling_factor)
@@ -110,6 +111,28 @@ def child_fidelity(size: int, tiles: dict, park: str) -> dict:
     return {"size": size, "tiles": tiles, "park": park, "stages": rows, "seconds": time.perf_counter() - start}
 
 
+def child_vae(size: int, tile: int, decoder_tile: int, how: str) -> dict:
+    """One VAE round trip of a size x size image: untiled, or tiled with
+    activations parked as float32 or float16."""
+    import d3sr
+    from d3sr.testing import iter_random_weights, random_images, real_config
+
+    vae = d3sr.VAE.from_config(real_config("sd21-vae"))
+    vae.load_weights(iter_random_weights(vae.weight_shapes(), seed=0))
+    x = random_images((1, 3, size, size), seed=3)
+    z = np.random.default_rng(4).standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)
+    weights_mb = peak_rss_mb()
+    row = {"how": how, "weights_rss_mb": weights_mb}
+    for name, run in (("encoder", lambda: vae.encode(x) if how == "untiled" else vae.encode_tiled(x, tile, park=how)),
+                      ("decoder", lambda: vae.decode(z) if how == "untiled" else vae.decode_tiled(z, decoder_tile, park=how))):
+        start = time.perf_counter()
+        out = run()
+        row[name] = {"seconds": time.perf_counter() - start, "parked_mb": vae.last_parked_bytes / 2 ** 20 if how != "untiled" else 0}
+        np.save(os.path.join(os.environ.get("D3SR_BENCH_TMP", "."), f"vae_{name}_{how}.npy"), out)
+    row["peak_rss_mb"] = peak_rss_mb()
+    return row
+
+
 def run_child(args_list) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "child"] + args_list, env=env,
@@ -119,7 +142,7 @@ def run_child(args_list) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("memory", "fidelity", "child"))
+    parser.add_argument("mode", choices=("memory", "fidelity", "vae", "child"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--latent-tile", type=int, default=96)
@@ -137,12 +160,36 @@ def main() -> None:
     tiles = {"latent_tile": args.latent_tile, "latent_overlap": args.latent_overlap,
              "encoder_tile": args.encoder_tile, "decoder_tile": args.decoder_tile}
     if args.mode == "child":
-        result = child_memory(args.size, tiles) if args.child == "memory" else child_fidelity(args.size, tiles, args.park)
+        if args.child == "memory":
+            result = child_memory(args.size, tiles)
+        elif args.child == "fidelity":
+            result = child_fidelity(args.size, tiles, args.park)
+        else:
+            result = child_vae(args.size, args.encoder_tile, args.decoder_tile, args.child)
         print(json.dumps(result))
         return
     common = ["--latent-tile", str(args.latent_tile), "--latent-overlap", str(args.latent_overlap),
               "--encoder-tile", str(args.encoder_tile), "--decoder-tile", str(args.decoder_tile),
               "--park", args.park, "--threads", str(args.threads)]
+    if args.mode == "vae":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["D3SR_BENCH_TMP"] = tmp
+            rows = [run_child(["--child", how, "--size", str(args.size)] + common)
+                    for how in ("untiled", "float32", "float16")]
+            print(f"SD 2.1 VAE, {args.size} x {args.size} pixels; encoder tile {args.encoder_tile} px, "
+                  f"decoder tile {args.decoder_tile} latent px; threads {d3sr.get_num_threads()}")
+            print("| stage | GroupNorm statistics | s | parked MB | peak RSS MB (process) | rel L2 vs untiled |")
+            print("|---|---|---|---|---|---|")
+            for stage in ("encoder", "decoder"):
+                whole = np.load(os.path.join(tmp, f"vae_{stage}_untiled.npy"))
+                for r in rows:
+                    out = np.load(os.path.join(tmp, f"vae_{stage}_{r['how']}.npy"))
+                    label = "untiled" if r["how"] == "untiled" else f"tiles, parked as {r['how']}"
+                    print(f"| {stage} | {label} | {r[stage]['seconds']:.1f} | {r[stage]['parked_mb']:.0f} | "
+                          f"{r['peak_rss_mb']:.0f} | {rel_l2(out, whole):.1e} |")
+        return
     if args.mode == "memory":
         print(f"threads: {d3sr.get_num_threads()}, tiles: {tiles}")
         print("| input -> output | s | s per output MP | peak RSS MB | weights RSS MB | parked MB (last VAE stage) |")

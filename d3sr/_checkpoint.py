@@ -22,6 +22,11 @@ A discriminator checkpoint:
     vae/                            optional: the SD 2.1 VAE that encodes images for score_images
 
 Paths in d3sr.json are relative to the folder (they may point outside it).
+
+Built-in checkpoints ship inside the package, under d3sr/models/NAME/ (a
+"generator" and a "discriminator" folder each); the loaders take their NAME
+in place of a path: "tiny" (d3sr-tiny, the default), trained by
+tools/train_tiny.py. A local folder of the same name is reached as "./tiny".
 """
 from __future__ import annotations
 
@@ -34,6 +39,25 @@ import numpy as np
 from ._weights import WeightFile, bf16_to_float32, read_json
 
 CONFIG_NAME = "d3sr.json"
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+BUILTIN = ("tiny",)
+DEFAULT_MODEL = "tiny"
+
+
+def checkpoint_path(path, kind: str) -> str:
+    """The folder of a checkpoint: path itself, or for a built-in name (or None,
+    the default model) its folder inside the package. kind: 'generator' or 'discriminator'."""
+    if path is None:
+        path = DEFAULT_MODEL
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a checkpoint folder or one of {BUILTIN}, not {type(path).__name__}")
+    if path in BUILTIN:
+        folder = os.path.join(MODELS_DIR, path, kind)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"the built-in model {path!r} is missing from this installation ({folder})")
+        return folder
+    return os.fspath(path)
 
 # SD's DDPM schedule: scaled_linear betas from 0.00085 to 0.012 over 1000 steps.
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}

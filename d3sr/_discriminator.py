@@ -15,7 +15,7 @@ import numpy as np
 from . import _checks
 from ._model import CoreModel
 from ._native import _core
-from ._checkpoint import HEAD_ACTIVATIONS, alphas_cumprod, read_discriminator_config
+from ._checkpoint import HEAD_ACTIVATIONS, alphas_cumprod, checkpoint_path, read_discriminator_config
 from ._lora import LoRA
 from ._unet import UNet
 from .images import as_image_batch
@@ -79,11 +79,13 @@ class Discriminator:
         self.alphas_cumprod = alphas_cumprod(config["schedule"])
 
     @classmethod
-    def load(cls, path: str, *, device: str = "cpu", dtype: Optional[str] = None) -> "Discriminator":
+    def load(cls, path: Optional[str] = None, *, device: str = "cpu", dtype: Optional[str] = None) -> "Discriminator":
         """Loads a discriminator checkpoint folder (see d3sr._checkpoint): only the
-        trunk of its UNet is read; up blocks never reach memory. dtype None: fp32 on
+        trunk of its UNet is read; up blocks never reach memory. path None or "tiny":
+        d3sr-tiny's discriminator, built into the package. dtype None: fp32 on
         the CPU, bf16 on CUDA."""
         dtype = _checks.device_and_dtype(device, dtype)
+        path = checkpoint_path(path, "discriminator")
         config = read_discriminator_config(path)
         lora = LoRA.load(config["unet_lora"]) if config["unet_lora"] else None
         trunk = UNet.load(config["unet"], trunk_only=True, device=device, dtype=dtype, lora=lora)

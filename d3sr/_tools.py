@@ -166,7 +166,7 @@ def convert_osediff(pkl: str, output: str) -> List[str]:
     return written
 
 
-def demo(size: int = 128, tiny: bool = False, output: str = "d3sr_demo.png", threads: int = 0) -> np.ndarray:
+def demo(size: Optional[int] = None, tiny: bool = False, output: str = "d3sr_demo.png", threads: int = 0) -> np.ndarray:
     """Runs the whole generator on random weights (SD 2.1-base's architecture,
     or a tiny one) and a synthetic image, printing timings. The output shows
     that the pipeline runs, not a super-resolved image: the weights are noise."""
@@ -174,6 +174,7 @@ def demo(size: int = 128, tiny: bool = False, output: str = "d3sr_demo.png", thr
     from d3sr._checkpoint import GENERATOR_DEFAULTS as config
     from d3sr.testing import iter_random_weights, random_images, real_config
 
+    size = 128 if size is None else size
     if threads:
         d3sr.set_num_threads(threads)
     if tiny:
@@ -197,7 +198,7 @@ def demo(size: int = 128, tiny: bool = False, output: str = "d3sr_demo.png", thr
     start = time.perf_counter()
     out = upscaler.upscale(image, scale=4)
     print(f"upscaled {size}x{size} -> {out.shape[1]}x{out.shape[0]} in {time.perf_counter() - start:.2f} s")
-    from .cli import write_image
+    from .images import write_image
 
     write_image(output, out)
     print(f"wrote {output} (random weights: the picture is noise, the pipeline is real)")

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from . import _checks, _color as color, _tiling as tiling
-from ._checkpoint import alphas_cumprod, read_generator_config, read_text_embedding
+from ._checkpoint import alphas_cumprod, checkpoint_path, read_generator_config, read_text_embedding
 from .images import as_image_batch, bicubic
 from ._lora import LoRA
 from ._unet import UNet
@@ -41,10 +41,12 @@ class Upscaler:
         self._x0_divisor = float(np.sqrt(abar))
 
     @classmethod
-    def load(cls, path: str, *, device: str = "cpu", dtype: Optional[str] = None) -> "Upscaler":
+    def load(cls, path: Optional[str] = None, *, device: str = "cpu", dtype: Optional[str] = None) -> "Upscaler":
         """Loads a generator checkpoint folder: d3sr.json, unet/, vae/, LoRAs, text embedding.
+        path None or "tiny": d3sr-tiny, the small model built into the package.
         dtype: 'fp32', 'fp16' or 'bf16' (GPU only); None: fp32 on the CPU, bf16 on CUDA."""
         dtype = _checks.device_and_dtype(device, dtype)
+        path = checkpoint_path(path, "generator")
         config = read_generator_config(path)
         vae_lora = LoRA.load(config["vae_lora"]) if config["vae_lora"] else None
         unet_lora = LoRA.load(config["unet_lora"]) if config["unet_lora"] else None

@@ -1,6 +1,6 @@
 """The `d3sr` command: upscale images, score them, build checkpoints, try the pipeline.
 
-    d3sr upscale IN... -o OUT --checkpoint DIR [--scale 4] [--device cpu] [--dtype fp32|fp16|bf16]
+    d3sr upscale IN... -o OUT [--checkpoint DIR] [--scale 4] [--device cpu] [--dtype fp32|fp16|bf16]
                  [--quality 95] [--format png|jpg|webp|tiff|same] [--skip-existing]
     d3sr eval --sr DIR --hr DIR [--metrics psnr,ssim,lpips,dists,ea_dists] [--crop-border N] [--csv FILE]
     d3sr score IMAGES... --discriminator DIR [-t 250] [--seed 0] [--heatmap OUT_DIR] [--csv FILE]
@@ -9,7 +9,8 @@
     d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
     d3sr convert-osediff MODEL.pkl -o DIR
     d3sr convert-metric-weights [--alexnet F] [--vgg16 F] [--lpips-dir D] [--dists F] [-o FILE]
-    d3sr demo [--size 128] [--tiny]
+    d3sr demo [--photo FILE] [--checkpoint DIR] [-o d3sr_demo.png]
+    d3sr demo --random-weights [--size 128] [--tiny]
 
 Each subcommand is its run_<name> function, registered with @command next to the
 function that adds its arguments; build_parser lists them in LISTED's order.
@@ -129,7 +130,10 @@ def read_rgb(path: str):
     """An image file as [H, W, 3] uint8, upright (EXIF orientation applied); 16 bits rounded to 8."""
     from .images import read_image
 
-    return read_image(path).rgb8()
+    try:
+        return read_image(path).rgb8()
+    except ValueError as e:  # a malformed file, named in the message
+        raise CommandError(str(e)) from None
 
 
 @command("eval", help="score super-resolved images against their ground truth",
@@ -242,8 +246,8 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
 @command("score", help="the discriminator's realness of image files, with heat maps",
          description="Encodes each image with the discriminator's VAE, noises it to timestep t (seeded, the same "
                      "noise for every image of a size) and prints the mean probability of being real over its "
-                     "32x32-pixel patches. An image whose sides are not multiples of 32 is scored on its top-left "
-                     "part that is.",
+                     "patches (one per 4x4 latent pixels: 32x32 pixels with SD's VAE, 16x16 with d3sr-tiny's). An "
+                     "image whose sides are not multiples of the patch is scored on its top-left part that is.",
          arguments=_score_arguments)
 def run_score(args) -> int:
     import numpy as np
@@ -418,10 +422,15 @@ def plan_outputs(inputs: List[str], given: Sequence[str], output: str, fmt: str)
     return plan
 
 
+BUILTIN_NOTICE = ("d3sr upscale: no --checkpoint given, so using d3sr-tiny, the small model built into d3sr "
+                  "(trained on 22 photos in under an hour on a CPU, for trying d3sr out). For D3SR's quality, "
+                  "pass --checkpoint DIR: a generator folder made by `d3sr make-checkpoint` (see the README).")
+
+
 def _upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--checkpoint", required=True, help="folder with d3sr.json")
+    p.add_argument("--checkpoint", help="generator folder with d3sr.json (default: d3sr-tiny, built in)")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
@@ -443,7 +452,7 @@ def _upscale_arguments(p: argparse.ArgumentParser) -> None:
     add_ray_options(p)
 
 
-@command("upscale", help="super-resolve image files with a generator checkpoint", arguments=_upscale_arguments)
+@command("upscale", help="super-resolve image files (with the built-in d3sr-tiny or a checkpoint)", arguments=_upscale_arguments)
 def run_upscale(args) -> int:
     import d3sr
     from tqdm import tqdm
@@ -465,9 +474,11 @@ def run_upscale(args) -> int:
             return 0
     if args.threads:
         d3sr.set_num_threads(args.threads)
+    if args.checkpoint is None:
+        print(BUILTIN_NOTICE, file=sys.stderr)
     start = time.perf_counter()
     upscaler = d3sr.Upscaler.load(args.checkpoint, device=args.device, dtype=args.dtype)
-    print(f"loaded {args.checkpoint} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"loaded {args.checkpoint or 'd3sr-tiny'} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     tiles = {"latent_tile": args.latent_tile, "latent_overlap": args.latent_overlap,
              "encoder_tile": args.encoder_tile, "decoder_tile": args.decoder_tile}
     color_fix = None if args.color_fix == "none" else args.color_fix
@@ -565,17 +576,32 @@ def run_convert_osediff(args) -> int:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=128, help="input side in pixels; the output is 4x")
-    p.add_argument("--tiny", action="store_true", help="a tiny architecture instead of SD 2.1-base's")
+    p.add_argument("--photo", help="an image file (default: a held-out photo shipped with d3sr)")
+    p.add_argument("--checkpoint", help="generator folder (default: d3sr-tiny)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="instead: run the full SD 2.1-base generator on random weights (timing only; noise out)")
+    p.add_argument("--size", type=int, default=None, help="with --random-weights: input side (default 128)")
+    p.add_argument("--tiny", action="store_true", help="with --random-weights: a tiny architecture")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("-o", "--output", default="d3sr_demo.png")
 
 
-@command("demo", help="run the whole generator on random weights (no download needed)", arguments=_demo_arguments)
+@command("demo", help="super-resolve a shipped photo with d3sr-tiny: bicubic | d3sr-tiny | original",
+         description="Downscales a photo by 4 (PIL bicubic), upscales it back with bicubic and with the generator, "
+                     "prints PSNR/SSIM of both and writes a side-by-side picture with zoomed crops. No download "
+                     "needed.",
+         arguments=_demo_arguments)
 def run_demo(args) -> int:
-    from ._tools import demo
+    if args.random_weights:
+        from ._tools import demo as random_weights_demo
 
-    demo(size=args.size, tiny=args.tiny, output=args.output, threads=args.threads)
+        random_weights_demo(size=args.size, tiny=args.tiny, output=args.output, threads=args.threads)
+        return 0
+    if args.size is not None or args.tiny:
+        raise CommandError("--size and --tiny go with --random-weights")
+    from ._demo import demo
+
+    demo(photo=args.photo, output=args.output, checkpoint=args.checkpoint, threads=args.threads)
     return 0
 
 

@@ -323,30 +323,43 @@ def _is_tiff(path: str) -> bool:
         return f.read(4) in (b"II*\x00", b"MM\x00*")
 
 
+class _Refused(ValueError):
+    """A file d3sr refuses, with a message that names it."""
+
+
 def _read_tiff(path: str):
     """(pixels [H, W, C] uint16, ICC profile, EXIF orientation) of a 16-bit TIFF's first page, by tifffile."""
     import tifffile
+    from PIL import Image
 
     try:
-        tiff = tifffile.TiffFile(path)
-    except tifffile.TiffFileError as e:
-        raise ValueError(f"{path}: cannot read the TIFF: {e}") from None
-    with tiff:
-        page = tiff.pages[0]
-        try:
+        with tifffile.TiffFile(path) as tiff:
+            if not tiff.pages:
+                raise _Refused(f"{path}: the TIFF holds no image")
+            page = tiff.pages[0]
+            pixel_count = int(page.imagewidth) * int(page.imagelength) * max(1, int(page.imagedepth))
+            if Image.MAX_IMAGE_PIXELS and pixel_count > 2 * Image.MAX_IMAGE_PIXELS:  # Pillow's bomb limit
+                raise _Refused(f"{path}: {pixel_count} pixels exceed the decompression-bomb limit "
+                               f"{2 * Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)")
+            if int(page.photometric) not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
+                raise _Refused(f"{path}: 16-bit TIFF with photometric {int(page.photometric)} is not supported; "
+                               f"d3sr reads gray (1) and RGB (2)")
             pixels = page.asarray()
-        except ValueError as e:  # a compression tifffile needs imagecodecs for, among others
-            raise ValueError(f"{path}: cannot decode the 16-bit TIFF: {e}") from None
-        if page.photometric not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
-            raise ValueError(f"{path}: 16-bit TIFF with photometric {page.photometric.name} is not supported")
-        if pixels.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
-            pixels = pixels.transpose(1, 2, 0)
-        icc = page.iccprofile
-        orientation = page.tags.valueof(ORIENTATION_TAG, 1)
+            separate = int(page.planarconfig) == tifffile.PLANARCONFIG.SEPARATE
+            icc = page.iccprofile
+            orientation = page.tags.valueof(ORIENTATION_TAG, 1)
+    except _Refused:
+        raise
+    except Exception as e:  # tifffile reports malformed files with many exception types
+        raise ValueError(f"{path}: cannot read the TIFF: {type(e).__name__}: {e}") from None
+    if pixels.ndim not in (2, 3) or pixels.dtype != np.uint16:
+        raise ValueError(f"{path}: expected a 16-bit image [H, W] or [H, W, C], got {pixels.dtype} {pixels.shape}")
+    if pixels.ndim == 3 and separate:
+        pixels = pixels.transpose(1, 2, 0)
     pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
-    if pixels.dtype != np.uint16 or pixels.shape[2] > 4:
+    if pixels.shape[2] > 4 or 0 in pixels.shape:
         raise ValueError(f"{path}: expected 16-bit gray, gray+alpha, RGB or RGBA, got {pixels.dtype} "
-                         f"with {pixels.shape[2]} channels")
+                         f"{pixels.shape}")
     return pixels, icc, orientation
 
 

@@ -50,8 +50,8 @@ def realness_colours(probabilities) -> np.ndarray:
 def heatmap_rgb(image, probabilities, opacity: float = 0.5, limits: Tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """The image with each patch tinted by its probability of being real: uint8 [H, W, 3].
     probabilities: [h, w] (or [1, 1, h, w], as d3sr.losses.probabilities gives them), one
-    per patch; the image is covered by h x w equal patches (the discriminator's patches are
-    32 x 32 pixels) and any remainder at the bottom and right is left untinted. limits: the
+    per patch; the image is covered by h x w equal patches (the discriminator's are 4 x 4
+    latent pixels: 32 x 32 pixels with SD's VAE, 16 x 16 with d3sr-tiny's) and any remainder at the bottom and right is left untinted. limits: the
     probabilities shown fully red and fully blue (narrow them to see small differences; use
     the same limits for images that are compared)."""
     rgb = _as_float_rgb(image)
@@ -171,7 +171,7 @@ def heatmap_overlay(image, probabilities, *, title: Optional[str] = None, opacit
     ax.set_xticks([])
     ax.set_yticks([])
     cmap = LinearSegmentedColormap.from_list("d3sr_realness", realness_colours(np.linspace(0, 1, 64)))
-    fig.colorbar(ScalarMappable(Normalize(*limits), cmap), ax=ax, label="P(real) per 32x32 patch", shrink=0.8)
+    fig.colorbar(ScalarMappable(Normalize(*limits), cmap), ax=ax, label="P(real) per patch", shrink=0.8)
     return fig
 
 

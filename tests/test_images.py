@@ -97,13 +97,28 @@ def test_unknown_extension_and_bad_arguments(tmp_path):
         read_image(tmp_path / "missing.png")
 
 
+@pytest.mark.parametrize("ext", [".png", ".tif"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_a_truncated_file_is_a_value_error(tmp_path, dtype):
-    write_image(tmp_path / "a.png", random_pixels(64, 64, 3, dtype))
-    data = (tmp_path / "a.png").read_bytes()
-    (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="a.png"):
-        read_image(tmp_path / "a.png")
+def test_a_truncated_or_garbled_file_is_a_value_error(tmp_path, dtype, ext):
+    path = write_image(tmp_path / f"a{ext}", random_pixels(64, 64, 3, dtype))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"a{ext}"):
+        read_image(path)
+    garbled = bytearray(data)
+    garbled[8:40] = bytes(range(200, 232))  # PNG: the header chunk; TIFF: the first tags
+    open(path, "wb").write(bytes(garbled))
+    with pytest.raises(ValueError, match=f"a{ext}"):
+        read_image(path)
+
+
+def test_a_sixteen_bit_tiff_bomb_is_refused(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    path = write_image(tmp_path / "a.tif", random_pixels(64, 64, 2, np.uint16))  # gray + alpha: tifffile's path
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match="decompression-bomb limit"):
+        read_image(path)
 
 
 # ---- EXIF ----------------------------------------------------------------------------

@@ -27,8 +27,10 @@ def disc():
 def test_import_d3sr_imports_no_plotting_or_notebook_package():
     code = ("import sys, d3sr, d3sr.viz, d3sr.images, d3sr.cli, d3sr.losses; "
             "print(sorted(m for m in ('matplotlib', 'IPython', 'ipykernel', 'tqdm') if m in sys.modules))")
+    # cwd: the tests' folder, so a checkout's d3sr/ (without its built core) never shadows an installed one
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
     assert out.stdout.strip() == "[]", out.stdout
 
 

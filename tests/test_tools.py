@@ -102,7 +102,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
 
 
 def test_demo_runs_the_tiny_pipeline(tmp_path, capsys):
-    assert main(["demo", "--tiny", "--size", "16", "-o", str(tmp_path / "demo.png")]) == 0
+    assert main(["demo", "--random-weights", "--tiny", "--size", "16", "-o", str(tmp_path / "demo.png")]) == 0
     assert read_rgb(str(tmp_path / "demo.png")).shape == (64, 64, 3)
 
 
