@@ -255,6 +255,8 @@ def _check_upscale_options(checkpoint, scale, device, dtype, options) -> None:
         inspect.signature(Upscaler.upscale).bind(None, None, scale, **options)
     except TypeError as e:
         raise TypeError(f"upscale options {sorted(options)}: {e}") from None
+    if checkpoint == "tiny":  # Upscaler.load's name of the built-in model, where d3sr has one
+        return
     if checkpoint is None:
         path_parameter = next(iter(inspect.signature(Upscaler.load).parameters.values()))
         if path_parameter.default is inspect.Parameter.empty:
@@ -290,7 +292,8 @@ def upscale_dataset(inputs: Union[str, Sequence[str]], output_dir: str, checkpoi
     if todo:
         ray = connect(address)
         report.workers = min(_worker_count(ray, num_workers, device, cpus_per_worker), len(todo))
-        constructor = dict(checkpoint=None if checkpoint is None else os.path.abspath(checkpoint), device=device,
+        constructor = dict(checkpoint=checkpoint if checkpoint in (None, "tiny") else os.path.abspath(checkpoint),
+                           device=device,
                            dtype=dtype, threads=_threads(threads, cpus_per_worker), scale=int(scale),
                            options=upscale_options)
         items = [{"source": os.path.abspath(s), "target": os.path.abspath(t)} for s, t in todo]
