@@ -4,6 +4,7 @@
                  [--quality 95] [--format png|jpg|webp|tiff|same] [--skip-existing]
     d3sr eval --sr DIR --hr DIR [--metrics psnr,ssim,lpips,dists,ea_dists] [--crop-border N] [--csv FILE]
     d3sr score IMAGES... --discriminator DIR [-t 250] [--seed 0] [--heatmap OUT_DIR] [--csv FILE]
+    d3sr upscale ... / d3sr eval ... --ray [ADDRESS] [--workers N]    (on Ray Data: d3sr.distributed)
     d3sr make-checkpoint --sd DIR --text-embedding FILE -o DIR [--unet-lora F] [--vae-lora F] ...
     d3sr make-discriminator --sdxl DIR -o DIR [--conditioning F] [--lora F] [--head F] [--vae DIR] ...
     d3sr convert-osediff MODEL.pkl -o DIR
@@ -65,6 +66,14 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                                      "~/.cache/d3sr/metrics.safetensors)")
     p.add_argument("--csv", help="write per-image scores here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    add_ray_options(p)
+
+
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray Data (d3sr.distributed, pip install 'd3sr[ray]'): a local Ray instance, "
+                        "or the cluster at ADDRESS ('auto', 'ray://HEAD:10001')")
+    p.add_argument("--workers", type=int, help="with --ray: Ray actors (default: one per CPU, or per GPU)")
 
 
 def write_csv(path: str, header: List[str], rows: List[list]) -> None:
@@ -132,29 +141,56 @@ def read_rgb(path: str):
                      "is an error), scores each pair, prints the means and writes one CSV row per image.",
          arguments=_eval_arguments)
 def run_eval(args) -> int:
-    import numpy as np
-
-    from . import metrics as m
     from ._native import _core
 
-    chosen = [s.strip() for s in args.metrics.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in METRICS]
-    if unknown or not chosen:
-        raise CommandError(f"--metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
+    if args.ray is not None:
+        from .distributed import eval_command
+        return eval_command(args)
+    chosen = parse_metrics(args.metrics)
     if args.crop_border < 0:
         raise CommandError("--crop-border must be >= 0")
     if args.threads:
         _core.set_num_threads(args.threads)
     pairs = pair_images(args.sr, args.hr, args.sr_suffix)
-    y = not args.rgb
+    score = eval_scorers(chosen, crop_border=args.crop_border, rgb=args.rgb, ssim_downsample=args.ssim_downsample,
+                         lpips_net=args.lpips_net, weights=args.weights)
+    rows = []
+    with _progress(len(pairs), "eval") as progress:
+        for name, sr_path, hr_path in pairs:
+            progress.set_postfix_str(name, refresh=False)
+            rows.append(score_pair(name, sr_path, hr_path, score))
+            progress.update()
+    if args.csv:
+        write_scores_csv(args.csv, chosen, rows)
+    print_eval_summary(args, chosen, rows)
+    return 0
+
+
+def parse_metrics(text: str) -> List[str]:
+    """The metric names of a comma-separated --metrics value, checked."""
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in METRICS]
+    if unknown or not chosen:
+        raise CommandError(f"--metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
+    return chosen
+
+
+def eval_scorers(chosen: Sequence[str], *, crop_border: int = 0, rgb: bool = False, ssim_downsample: bool = False,
+                 lpips_net: str = "alex", weights: Optional[str] = None) -> Dict[str, Callable]:
+    """{metric: score(sr, hr)} as `d3sr eval` scores (d3sr.distributed scores with the same ones).
+    Missing weights fail here, not after the pixel metrics of many images."""
+    import numpy as np
+
+    from . import metrics as m
+
+    y = not rgb
     score = {
-        "psnr": lambda a, b: m.psnr(a, b, crop_border=args.crop_border, y_channel=y),
-        "ssim": lambda a, b: m.ssim(a, b, crop_border=args.crop_border, y_channel=y, downsample=args.ssim_downsample),
-        "lpips": lambda a, b: m.lpips(a, b, net=args.lpips_net, weights=args.weights),
-        "dists": lambda a, b: m.dists(a, b, weights=args.weights),
-        "ea_dists": lambda a, b: m.ea_dists(a, b, weights=args.weights),
+        "psnr": lambda a, b: m.psnr(a, b, crop_border=crop_border, y_channel=y),
+        "ssim": lambda a, b: m.ssim(a, b, crop_border=crop_border, y_channel=y, downsample=ssim_downsample),
+        "lpips": lambda a, b: m.lpips(a, b, net=lpips_net, weights=weights),
+        "dists": lambda a, b: m.dists(a, b, weights=weights),
+        "ea_dists": lambda a, b: m.ea_dists(a, b, weights=weights),
     }
-    # Missing weights fail now, not after the pixel metrics of many images.
     probe = np.zeros((32, 32, 3), np.uint8)
     for name in chosen:
         if name not in ("psnr", "ssim"):
@@ -162,23 +198,28 @@ def run_eval(args) -> int:
                 score[name](probe, probe)
             except ValueError as e:  # a weight file without this network's part
                 raise CommandError(str(e)) from None
+    return {name: score[name] for name in chosen}
 
-    rows = []
-    with _progress(len(pairs), "eval") as progress:
-        for name, sr_path, hr_path in pairs:
-            progress.set_postfix_str(name, refresh=False)
-            sr, hr = read_rgb(sr_path), read_rgb(hr_path)
-            if sr.shape != hr.shape:
-                raise CommandError(f"{name}: SR {os.path.basename(sr_path)} is {sr.shape[1]}x{sr.shape[0]}, "
-                                   f"HR {os.path.basename(hr_path)} is {hr.shape[1]}x{hr.shape[0]}")
-            try:
-                rows.append([name] + [float(score[metric](sr, hr)) for metric in chosen])
-            except ValueError as e:
-                raise CommandError(f"{name}: {e}") from None
-            progress.update()
 
-    if args.csv:
-        write_csv(args.csv, ["image"] + chosen, [[row[0]] + [f"{v:.6f}" for v in row[1:]] for row in rows])
+def score_pair(name: str, sr_path: str, hr_path: str, score: Dict[str, Callable]) -> list:
+    """[name, score of each metric of `score` in order] for one image pair."""
+    sr, hr = read_rgb(sr_path), read_rgb(hr_path)
+    if sr.shape != hr.shape:
+        raise CommandError(f"{name}: SR {os.path.basename(sr_path)} is {sr.shape[1]}x{sr.shape[0]}, "
+                           f"HR {os.path.basename(hr_path)} is {hr.shape[1]}x{hr.shape[0]}")
+    try:
+        return [name] + [float(metric(sr, hr)) for metric in score.values()]
+    except ValueError as e:
+        raise CommandError(f"{name}: {e}") from None
+
+
+def write_scores_csv(path: str, chosen: Sequence[str], rows: List[list]) -> None:
+    write_csv(path, ["image"] + list(chosen), [[row[0]] + [f"{v:.6f}" for v in row[1:]] for row in rows])
+
+
+def print_eval_summary(args, chosen: Sequence[str], rows: List[list]) -> None:
+    import numpy as np
+
     means = np.mean(np.asarray([r[1:] for r in rows], np.float64), axis=0)
     conventions = (f"{len(rows)} image pairs; PSNR/SSIM on {'RGB' if args.rgb else 'Y (BT.601 YCbCr)'}, "
                    f"crop {args.crop_border}{', SSIM downsampled' if args.ssim_downsample else ''}; "
@@ -188,7 +229,6 @@ def run_eval(args) -> int:
     print("  ".join(f"{v:>22.4f}" for v in means))
     if args.csv:
         print(f"per-image scores: {args.csv}")
-    return 0
 
 
 # ---- score ---------------------------------------------------------------------------
@@ -409,6 +449,7 @@ def _upscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default 224)")
     p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"),
                    help="StableSR's colour fix against the bicubic-upsampled input (default none)")
+    add_ray_options(p)
 
 
 @command("upscale", help="super-resolve image files (with the built-in d3sr-tiny or a checkpoint)", arguments=_upscale_arguments)
@@ -418,6 +459,9 @@ def run_upscale(args) -> int:
 
     from .images import check_writable, read_image, upscale_picture
 
+    if args.ray is not None:
+        from .distributed import upscale_command
+        return upscale_command(args)
     if not 1 <= args.quality <= 100:
         raise CommandError(f"--quality must be from 1 to 100, not {args.quality}")
     plan = plan_outputs(_images_in(args.inputs), args.inputs, args.output, args.format)
