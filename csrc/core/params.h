@@ -8,7 +8,9 @@
 #ifndef D3SR_CORE_PARAMS_H
 #define D3SR_CORE_PARAMS_H
 
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "tensor.h"
 
@@ -46,5 +48,16 @@ d3sr_param *d3sr_params_find(d3sr_params *params, const char *name);
 const char *d3sr_shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
 
 void d3sr_params_clear(d3sr_params *params);
+
+/* Formats the name a *_register function was given as fmt and its variadic
+ * arguments into the char array buf (a macro: va_start must run in the
+ * function that takes the arguments). */
+#define D3SR_FORMAT_NAME(buf, fmt)                     \
+    do {                                               \
+        va_list format_args_;                          \
+        va_start(format_args_, fmt);                   \
+        vsnprintf(buf, sizeof buf, fmt, format_args_); \
+        va_end(format_args_);                          \
+    } while (0)
 
 #endif /* D3SR_CORE_PARAMS_H */

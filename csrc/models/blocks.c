@@ -10,10 +10,7 @@ d3sr_status d3sr_resnet_register(d3sr_params *params, d3sr_resnet *block, int ci
                                  int groups, float eps, const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     D3SR_CHECK(d3sr_norm_register(params, &block->norm1, cin, groups, eps, "%s.norm1", prefix));
     D3SR_CHECK(d3sr_conv_register(params, &block->conv1, cin, cout, 3, 1, 1, 1, "%s.conv1", prefix));
     block->has_time = temb_channels > 0;
@@ -57,10 +54,7 @@ d3sr_status d3sr_spatial_attention_register(d3sr_params *params, d3sr_spatial_at
                                             int channels, int heads, int groups, float eps, const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     block->heads = heads;
     D3SR_CHECK(d3sr_norm_register(params, &block->group_norm, channels, groups, eps, "%s.group_norm", prefix));
     D3SR_CHECK(d3sr_linear_register(params, &block->to_q, channels, channels, 1, "%s.to_q", prefix));

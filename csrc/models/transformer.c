@@ -14,10 +14,7 @@ static d3sr_status attention_register(d3sr_params *params, d3sr_attention_layer 
                                       const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     const int qkv_bias = 0;
     a->heads = heads;
     D3SR_CHECK(d3sr_linear_register(params, &a->to_q, dim, dim, qkv_bias, "%s.to_q", prefix));
@@ -44,10 +41,7 @@ static d3sr_status block_register(d3sr_params *params, d3sr_transformer_block *b
                                   const d3sr_transformer2d_shape *shape, const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     D3SR_CHECK(d3sr_norm_register(params, &b->norm1, dim, 1, LAYER_NORM_EPS, "%s.norm1", prefix));
     D3SR_CHECK(attention_register(params, &b->attn1, dim, dim, shape->heads, "%s.attn1", prefix));
     D3SR_CHECK(d3sr_norm_register(params, &b->norm2, dim, 1, LAYER_NORM_EPS, "%s.norm2", prefix));
@@ -77,10 +71,7 @@ d3sr_status d3sr_transformer2d_register(d3sr_params *params, d3sr_transformer2d 
                                         const d3sr_transformer2d_shape *shape, const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     /* diffusers: inner_dim = heads * (channels // heads) */
     const int dim = shape->heads * (shape->channels / shape->heads);
     t->linear_projection = shape->linear_projection;

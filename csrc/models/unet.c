@@ -132,10 +132,7 @@ static d3sr_status register_level(d3sr_params *p, const d3sr_unet_config *c, une
                                   const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     level->resnets = calloc((size_t)n_resnets, sizeof *level->resnets);
     level->attentions = cross ? calloc((size_t)n_resnets, sizeof *level->attentions) : NULL;
     if (!level->resnets || (cross && !level->attentions))

@@ -88,10 +88,7 @@ static d3sr_status register_mid(d3sr_params *params, vae_mid_block *mid, const d
                                 const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     int ch = c->block_out_channels[c->num_levels - 1], g = c->norm_num_groups;
     D3SR_CHECK(d3sr_resnet_register(params, &mid->resnet0, ch, ch, 0, g, VAE_EPS, "%s.resnets.0", prefix));
     mid->has_attention = c->mid_block_add_attention;
@@ -106,10 +103,7 @@ static d3sr_status register_level(d3sr_params *params, vae_level *level, int n_r
                                   const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     level->resnets = calloc((size_t)n_resnets, sizeof *level->resnets);
     if (!level->resnets) return d3sr_fail(D3SR_ERR_MEMORY, "out of host memory building the VAE");
     level->n_resnets = n_resnets;

@@ -175,10 +175,7 @@ d3sr_status d3sr_conv_register(d3sr_params *params, d3sr_conv *conv, int cin,
                                int cout, int kernel, int stride, int pad, int bias, const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     memset(conv, 0, sizeof *conv);
     conv->cin = cin;
     conv->cout = cout;
@@ -198,10 +195,7 @@ d3sr_status d3sr_linear_register(d3sr_params *params, d3sr_linear *lin, int in,
                                  int out, int bias, const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     memset(lin, 0, sizeof *lin);
     lin->in = in;
     lin->out = out;
@@ -218,10 +212,7 @@ d3sr_status d3sr_norm_register(d3sr_params *params, d3sr_norm *norm, int channel
                                const char *fmt, ...)
 {
     char prefix[D3SR_NAME_BYTES];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, args);
-    va_end(args);
+    D3SR_FORMAT_NAME(prefix, fmt);
     memset(norm, 0, sizeof *norm);
     norm->channels = channels;
     norm->groups = groups;
