@@ -99,15 +99,19 @@ def ray_session():
     ray = pytest.importorskip("ray")
     # Workers are processes started by Ray's raylet, which passes on this environment: they
     # import the d3sr under test, and use one core thread each, as the reference loop below.
+    # Ray also puts the driver's working directory on the workers' sys.path: started in
+    # tests/, a checkout's d3sr/ (without its built core, in CI) never shadows the installed one.
     root = os.path.dirname(os.path.dirname(d3sr.__file__))
-    saved = os.environ.get("PYTHONPATH")
+    saved, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, saved) if p)
+    os.chdir(os.path.dirname(os.path.abspath(__file__)))
     try:
         ray.init(num_cpus=2, object_store_memory=100 << 20, include_dashboard=False, logging_level="warning")
         ray.data.DataContext.get_current().enable_progress_bars = False
         yield ray
     finally:
         ray.shutdown()
+        os.chdir(cwd)
         if saved is None:
             del os.environ["PYTHONPATH"]
         else:
