@@ -24,7 +24,7 @@ with atheris.instrument_imports(include=["d3sr"]):
     import numpy as np
 
     import d3sr
-    from d3sr import _checkpoint as checkpoint, cli, lora, torch_pickle, weights
+    from d3sr import _checkpoint as checkpoint, _lora as lora, _torch_pickle as torch_pickle, _weights as weights, cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(os.path.dirname(HERE), "tests", "data")
