@@ -139,6 +139,8 @@ def load(path: str):
     except (zipfile.BadZipFile, EOFError, ValueError, struct.error, OSError):
         raise ValueError(f"{path} is not a zip-format torch file (saved by PyTorch < 1.6?); "
                          f"re-save it with a current torch.save") from None
+    except NotImplementedError as e:  # a zip feature torch.save never writes, e.g. "zip file version 23.5"
+        raise ValueError(f"{path} is not a readable torch file: {e}") from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:

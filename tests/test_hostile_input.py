@@ -129,6 +129,18 @@ def test_corrupt_zip_is_a_value_error(tmp_path):
             torch_pickle.load(path)
 
 
+def test_zip_needing_a_newer_extractor_is_a_value_error(tmp_path):
+    # Found by fuzz/targets.py: zipfile raises NotImplementedError for a central
+    # directory entry whose "version needed to extract" it does not support.
+    t = torch_zip.tensor(np.arange(4, dtype=np.float32), "0")
+    data = bytearray(torch_zip.dumps({"w": t}))
+    entry = data.index(b"PK\x01\x02")  # first central directory header
+    data[entry + 6:entry + 8] = (235).to_bytes(2, "little")  # version needed: 23.5
+    path = _write(tmp_path, bytes(data), "newer.pkl")
+    with pytest.raises(ValueError, match="newer.pkl"):
+        torch_pickle.load(path)
+
+
 def test_convert_osediff_cli_reports_a_bad_pickle(tmp_path, capsys):
     from d3sr.cli import main
 
