@@ -94,6 +94,16 @@ class _Unpickler(pickle._Unpickler):
         self._archive, self._prefix, self._path = archive, prefix, path
         self._storages = {}
 
+    # BYTEARRAY8 (protocol 5) allocates the length it names before reading:
+    # eight bytes claiming 2^60 were a MemoryError (found by fuzz/targets.py).
+    # torch.save pickles with protocol 2, which has no such opcode.
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _refuse_bytearray8(self):
+        raise pickle.UnpicklingError("BYTEARRAY8 (pickle protocol 5) is not in files torch.save writes")
+
+    dispatch[pickle.BYTEARRAY8[0]] = _refuse_bytearray8
+
     def find_class(self, module, name):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)

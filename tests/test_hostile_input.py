@@ -110,6 +110,7 @@ def test_pickle_missing_storage_and_bad_records_are_value_errors(tmp_path):
     b"\x80\x02cbuiltins\nlen\nq\x00.",  # a global outside the allow-list
     b"\x80\x02ctorch\nFloatStorage\nq\x00)R.",  # calling a storage type
     b"\x80\x02ccollections\nOrderedDict\nq\x00K\x01\x85R.",  # OrderedDict(1): TypeError
+    b"\x80\x05\x96" + (1 << 60).to_bytes(8, "little"),  # BYTEARRAY8 claiming 2^60 bytes: was a MemoryError
 ])
 def test_malformed_pickles_are_value_errors(tmp_path, payload):
     path = tmp_path / "bad.pkl"
