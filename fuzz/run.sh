@@ -7,6 +7,10 @@
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]        CI: bounded smoke run
 #   FUZZ_JOBS=2 fuzz/run.sh 3600             the long campaign: an hour each, 2 processes
+#
+# FUZZ_SEED fixes libFuzzer's seed (CI sets it, so a run explores the same
+# inputs first each time and a finding is the change's, not the draw's);
+# unset, every run draws its own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
@@ -25,6 +29,7 @@ for target in "${targets[@]}"; do
     log="$out/$target/log"
     extra=()
     if [ "$jobs" -gt 1 ]; then extra=(-fork="$jobs" -ignore_crashes=0); fi
+    if [ -n "${FUZZ_SEED:-}" ]; then extra+=(-seed="$FUZZ_SEED"); fi
     # -timeout: one input over 60 s is a hang (a loaded CI machine needs the margin); -rss_limit_mb: over 4 GB is a finding too.
     python fuzz/targets.py "$target" "$out/$target/corpus" "fuzz/corpus/$target" \
         -max_total_time="$seconds" -timeout=60 -rss_limit_mb=4096 -max_len=65536 \
