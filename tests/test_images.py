@@ -112,6 +112,19 @@ def test_a_truncated_or_garbled_file_is_a_value_error(tmp_path, dtype, ext):
         read_image(path)
 
 
+def test_a_tiff_with_float_strip_offsets_is_a_value_error(tmp_path):
+    # Found by fuzz/targets.py: Pillow raised TypeError seeking to a FLOAT-typed StripOffsets.
+    import base64
+
+    path = tmp_path / "strips.tif"
+    path.write_bytes(base64.b64decode(
+        "SUkqAAgAAAAKAAABBAABAAAABwAAAAEBBAABAAAACQAAAAIBAwADAAAAhgAAAAMBAwABAAAAAQAAAAYBAwABAAAABgAAABEB"
+        "CwABAAAAjAAAABUBAwABAAAAAwAAABYBBAABAAAACQAAABcBBAABAAAAvQAAABwBAwABAAAAAQAAAAAAAAAIAAgACAA++hnc"
+        "GmEsiat0nStDZYJftOSahQbpOw=="))
+    with pytest.raises(ValueError, match="strips.tif: cannot read the image"):
+        read_image(path)
+
+
 def test_a_sixteen_bit_tiff_bomb_is_refused(tmp_path, monkeypatch):
     from PIL import Image as PILImage
 
