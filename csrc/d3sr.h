@@ -171,16 +171,30 @@ typedef struct {
     double *collect;     /* [n, layers, groups, 3] count, mean, M2 over the core; NULL: not wanted */
 } d3sr_norm_pool;
 
+/* How a tiled VAE call gets the statistics of its GroupNorm layers. */
+typedef struct {
+    /* [n, layers, groups, 2] mean and variance of every GroupNorm layer, given
+     * (from a pass over a smaller copy of the image, say): the tiles then run
+     * one after another, nothing parked, memory one tile's. NULL: the image's
+     * exact statistics, pooled layer by layer over the tiles, whose live
+     * activations wait parked in host memory. */
+    const double *statistics;
+    int park_half;          /* pooled: park as float16 instead of float32 */
+    double *pooled;         /* may be NULL: receives the statistics the tiles used, [n, layers, groups, 2] */
+    size_t parked_bytes;    /* out: the most host memory parked at once */
+} d3sr_vae_tiling;
+
+/* The GroupNorm layers of the encoder (encode = 1) or decoder, and their
+ * groups: the sizes of d3sr_vae_tiling's statistics. */
+D3SR_API d3sr_status d3sr_vae_norm_layers(const d3sr_model *m, int encode, int *layers, int *groups);
+
 /* encode (encode = 1) or decode of a whole image x [n, c, h, w] in count tiles,
- * one pass, every GroupNorm layer with the image's exact statistics (see
- * models/tiles.h). tiles[i] = window y0, y1, x0, x1 then core y0, y1, x0, x1
- * in x's pixels: the cores partition the image, each window holds its core
- * and all windows have one size. park_half parks activations between layers
- * as float16 instead of float32. parked_bytes (may be NULL) gets the most
- * host memory parked at once. */
+ * every GroupNorm layer with the image's statistics (see models/tiles.h and
+ * d3sr_vae_tiling). tiles[i] = window y0, y1, x0, x1 then core y0, y1, x0,
+ * x1 in x's pixels: the cores partition the image, each window holds its core
+ * and all windows have one size. */
 D3SR_API d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w,
-                                        const int (*tiles)[8], int count, int park_half, float *out,
-                                        size_t *parked_bytes);
+                                        const int (*tiles)[8], int count, d3sr_vae_tiling *how, float *out);
 
 /* ---- colour fix (StableSR's adain and wavelet) --------------------------- */
 

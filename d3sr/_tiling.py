@@ -13,7 +13,10 @@ in). The tiles run layer-synchronously in one pass (csrc/models/tiles.c): at
 each GroupNorm layer a tile adds its core's statistics and parks its live
 activations in host memory until all tiles have arrived. Iterating whole
 statistics passes instead does not converge (measured: benchmarks/tiling.py's
-notes in README).
+notes in README). The parked set grows with the image; statistics='estimated'
+bounds memory instead: one untiled pass over the image area-resampled to fit
+a tile gives every layer's statistics, and the tiles then run one by one with
+them (close on trained weights, not on random ones: README, Large images).
 """
 from __future__ import annotations
 
@@ -55,6 +58,16 @@ def check_color_fix(color_fix) -> Optional[str]:
     if color_fix is None or (isinstance(color_fix, str) and color_fix in COLOR_FIXES):
         return color_fix
     raise ValueError(f"color_fix must be None, 'adain' or 'wavelet', not {color_fix!r}")
+
+
+VAE_STATISTICS = ("exact", "estimated")
+
+
+def check_vae_statistics(value) -> Optional[str]:
+    """Upscaler.upscale's vae_statistics as VAE.encode_tiled's statistics argument."""
+    if isinstance(value, str) and value in VAE_STATISTICS:
+        return None if value == "exact" else value
+    raise ValueError(f"vae_statistics must be 'exact' or 'estimated', not {value!r}")
 
 
 # ---- the UNet's latent tiles (OSEDiff) ------------------------------------------
@@ -167,6 +180,34 @@ def vae_windows(h: int, w: int, tile: int, halo: int, multiple: int) -> np.ndarr
             wx0 = min(max(0, x0 - halo), w - ww)
             tiles.append((wy0, wy0 + wh, wx0, wx0 + ww, y0, y1, x0, x1))
     return np.asarray(tiles, np.int32)
+
+
+def area_matrix(size: int, small: int) -> np.ndarray:
+    """[small, size] float32: row i averages the input span [i * size / small,
+    (i + 1) * size / small), boundary pixels by the fraction inside it (area
+    resampling), so every input pixel counts with weight small / size."""
+    edges = np.arange(small + 1) * (size / small)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    pixels = np.arange(size)[None, :]
+    overlap = np.clip(np.minimum(hi, pixels + 1) - np.maximum(lo, pixels), 0, None)
+    return (overlap / (size / small)).astype(np.float32)
+
+
+def shrink_for_statistics(x: np.ndarray, tile: int, multiple: int) -> np.ndarray:
+    """x [N, C, H, W] area-resampled so its longer side fits in tile, each side
+    a multiple of `multiple` (at least one): the input of the pass that
+    estimates a tiled VAE call's GroupNorm statistics."""
+    _, _, h, w = x.shape
+    factor = max(h, w) / tile
+    sh = max(multiple, int(h / factor) // multiple * multiple)
+    sw = max(multiple, int(w / factor) // multiple * multiple)
+    small = np.einsum("yh,nchw,xw->ncyx", area_matrix(h, sh), x, area_matrix(w, sw), optimize=True)
+    return np.ascontiguousarray(small, dtype=np.float32)
+
+
+def whole_window(h: int, w: int) -> np.ndarray:
+    """The one tile of an untiled call: window and core the whole image."""
+    return np.asarray([(0, h, 0, w, 0, h, 0, w)], np.int32)
 
 
 def pool_statistics(collected: Sequence[np.ndarray]) -> np.ndarray:

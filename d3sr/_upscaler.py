@@ -61,7 +61,7 @@ class Upscaler:
 
     def upscale(self, image: np.ndarray, scale: int = 4, *, latent_tile: Optional[int] = 96,
                 latent_overlap: int = 32, encoder_tile: Optional[int] = 1024, decoder_tile: Optional[int] = 224,
-                color_fix: Optional[str] = None, progress=None) -> np.ndarray:
+                color_fix: Optional[str] = None, vae_statistics: str = "exact", progress=None) -> np.ndarray:
         """Super-resolves an image: H x W x 3 (or N x H x W x 3), uint8 or float32
         in [0, 1]; returns the same kind at scale times the size.
 
@@ -70,15 +70,22 @@ class Upscaler:
         (pixels) and decoder_tile (latent pixels) for the VAE. A stage tiles only
         when the image is larger than its tile; None turns its tiling off.
         color_fix: None, 'adain' or 'wavelet' (StableSR's), against the
-        bicubic-upsampled input. progress: called with the number of tiles each
-        step finished (progress_steps gives the total; a VAE stage reports its
-        tiles when it ends)."""
+        bicubic-upsampled input. vae_statistics: where a tiled VAE stage's
+        GroupNorm layers get the image's statistics: 'exact' (pooled layer by
+        layer over the tiles, which wait parked in host memory: about 1.5x the
+        stage's activations of the whole image) or 'estimated' (from one small
+        pass over the image area-resampled to fit a tile; then the tiles run one
+        by one in one tile's memory at any image size; approximate: README,
+        Large images). progress: called with the
+        number of tiles each step finished (progress_steps gives the total; a
+        VAE stage reports its tiles when it ends)."""
         images, single, is_uint8 = as_image_batch(image)
         if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
         latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
                                                                                encoder_tile, decoder_tile)
         color_fix = tiling.check_color_fix(color_fix)
+        statistics = tiling.check_vae_statistics(vae_statistics)
         n, h, w, _ = images.shape
         if h < MIN_SIDE or w < MIN_SIDE:
             raise ValueError(f"image must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {h} x {w}")
@@ -89,7 +96,7 @@ class Upscaler:
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))              # [N, 3, H', W'] in [-1, 1]
         _, _, ph, pw = x.shape
         if _larger(ph, pw, encoder_tile):
-            z = self.vae.encode_tiled(x, encoder_tile)
+            z = self.vae.encode_tiled(x, encoder_tile, statistics=statistics)
             _report(progress, tiling.tile_count(ph, pw, encoder_tile, self.vae.downscale))
         else:
             z = self.vae.encode(x)
@@ -100,7 +107,7 @@ class Upscaler:
         del z, eps
         z_h /= np.float32(self.scaling_factor)
         if _larger(z_h.shape[2], z_h.shape[3], decoder_tile):
-            decoded = self.vae.decode_tiled(z_h, decoder_tile)
+            decoded = self.vae.decode_tiled(z_h, decoder_tile, statistics=statistics)
             _report(progress, tiling.tile_count(z_h.shape[2], z_h.shape[3], decoder_tile, 1))
         else:
             decoded = self.vae.decode(z_h)

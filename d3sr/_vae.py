@@ -90,6 +90,7 @@ class VAE(CoreModel):
         self.scaling_factor = _checks.finite_number(raw_config.get("scaling_factor", 0.18215), "scaling_factor")
         self.downscale = 2 ** (len(config["block_out_channels"]) - 1)
         self.last_parked_bytes = 0  # host memory the last tiled call parked at most
+        self.last_statistics = None  # the GroupNorm statistics the last tiled call used
 
     @classmethod
     def from_config(
@@ -150,29 +151,51 @@ class VAE(CoreModel):
         """Image [N, C, h*f, w*f] of latents z [N, latent_channels, h, w] (unscaled)."""
         return self._run(self._model.vae_decode, z, return_intermediates=return_intermediates)
 
-    def encode_tiled(self, x: np.ndarray, tile: int, *, park: str = "float32") -> np.ndarray:
+    def encode_tiled(self, x: np.ndarray, tile: int, *, park: str = "float32", statistics=None) -> np.ndarray:
         """encode in tiles of at most tile x tile pixels (a multiple of
-        `downscale`), each with a halo covering the encoder's receptive field,
-        every GroupNorm layer normalising with the exact statistics of the
-        whole image (see d3sr._tiling). Equals encode up to float rounding
-        except for the mid block's attention, which sees one tile.
-        park: 'float32' (exact) or 'float16' (half the parked memory)."""
+        `downscale`), each with a halo covering the encoder's receptive field
+        (see d3sr._tiling). Every GroupNorm layer of every tile normalises with
+        statistics of the whole image, by `statistics`:
+          None: the image's exact ones, pooled layer by layer over the tiles,
+            whose activations wait parked in host memory, as `park`: 'float32'
+            (exact) or 'float16' (half the memory). Equals encode up to float
+            rounding except for the mid block's attention, which sees one tile.
+          'estimated': those of the image area-resampled to fit one tile (one
+            small untiled pass); then the tiles run one by one, nothing parked:
+            memory one tile's, whatever the image's size. Approximate.
+          an array [N, layers, groups, 2] (mean, variance per GroupNorm layer
+            in call order; `last_statistics` of an earlier call): these.
+        `last_statistics` keeps the statistics used."""
         _checks.float32_array(x, "x", 4, "[N, C, H, W]")
         _, _, h, w = x.shape
         if h % self.downscale or w % self.downscale:
             raise ValueError(f"x's height and width must be multiples of {self.downscale}, got {h} x {w}")
         tile = tiling.check_tile(tile, "tile", 4 * self.downscale, self.downscale)
         tiles = tiling.vae_windows(h, w, tile, tiling.encoder_halo(self.config), self.downscale)
-        out, self.last_parked_bytes = self._model.vae_run_tiled(x, tiles, True, _park_half(park))
-        return out
+        return self._run_tiled(x, tiles, True, park, statistics, tile, self.downscale)
 
-    def decode_tiled(self, z: np.ndarray, tile: int, *, park: str = "float32") -> np.ndarray:
+    def decode_tiled(self, z: np.ndarray, tile: int, *, park: str = "float32", statistics=None) -> np.ndarray:
         """decode in tiles of at most tile x tile latent pixels, as encode_tiled."""
         _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
         _, _, h, w = z.shape
         tile = tiling.check_tile(tile, "tile", 4, 1)
         tiles = tiling.vae_windows(h, w, tile, tiling.decoder_halo(self.config), 1)
-        out, self.last_parked_bytes = self._model.vae_run_tiled(z, tiles, False, _park_half(park))
+        return self._run_tiled(z, tiles, False, park, statistics, tile, 1)
+
+    def _run_tiled(self, x: np.ndarray, tiles: np.ndarray, encode: bool, park: str, statistics, tile: int,
+                   multiple: int) -> np.ndarray:
+        half = _park_half(park)
+        if isinstance(statistics, str):
+            if statistics != "estimated":
+                raise ValueError(f"statistics must be None, 'estimated' or an array, not {statistics!r}")
+            small = tiling.shrink_for_statistics(x, tile, multiple)
+            _, _, statistics = self._model.vae_run_tiled(small, tiling.whole_window(*small.shape[2:]), encode, False)
+        elif statistics is not None:
+            statistics = np.asarray(statistics, dtype=np.float64)
+            if not np.all(np.isfinite(statistics)) or np.any(statistics[..., 1:] < 0):
+                raise ValueError("statistics must be finite, with non-negative variances")
+        out, self.last_parked_bytes, self.last_statistics = self._model.vae_run_tiled(x, tiles, encode, half,
+                                                                                      statistics)
         return out
 
     def __repr__(self) -> str:

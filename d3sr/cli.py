@@ -449,6 +449,10 @@ def _upscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default 224)")
     p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"),
                    help="StableSR's colour fix against the bicubic-upsampled input (default none)")
+    p.add_argument("--vae-statistics", default="exact", choices=("exact", "estimated"),
+                   help="GroupNorm statistics of a tiled VAE stage: exact (pooled over the tiles, parked in memory "
+                        "meanwhile; default) or estimated (from a small pass over the resampled image: one tile's "
+                        "memory at any size, approximate)")
     add_ray_options(p)
 
 
@@ -492,7 +496,8 @@ def run_upscale(args) -> int:
                 steps = upscaler.progress_steps(rgb.shape, args.scale, **tiles)
                 with tqdm(total=steps, unit="tile", leave=False, disable=steps == 0, file=sys.stderr,
                           desc=os.path.basename(path)) as bar:
-                    return upscaler.upscale(rgb, scale=args.scale, color_fix=color_fix, progress=bar.update, **tiles)
+                    return upscaler.upscale(rgb, scale=args.scale, color_fix=color_fix, progress=bar.update,
+                                            vae_statistics=args.vae_statistics, **tiles)
 
             out = upscale_picture(picture, run)
             write_image(target, out, quality=args.quality)

@@ -452,6 +452,8 @@ def upscale_command(args) -> int:
     options = {name: getattr(args, name) for name in TILE_OPTIONS if hasattr(args, name)}
     if getattr(args, "color_fix", None) not in (None, "none"):
         options["color_fix"] = args.color_fix
+    if hasattr(args, "vae_statistics"):
+        options["vae_statistics"] = args.vae_statistics
     try:
         _quiet_connect(args.ray or None)
         report = upscale_dataset(args.inputs, args.output, args.checkpoint, scale=args.scale, device=args.device,

@@ -200,13 +200,15 @@ static d3sr_status tile_barrier(d3sr_ctx *ctx, void *user)
 {
     tile_thread *t = user;
     tiles_shared *s = t->shared;
-    D3SR_CHECK(park(ctx, t));
+    /* A lone tile keeps the baton: its activations stay where they are. */
+    const int alone = s->job->count == 1;
+    if (!alone) D3SR_CHECK(park(ctx, t));
     const int layer = ctx->pooling.next - 1;
     pthread_mutex_lock(&s->mutex);
     int failed = hand_on_and_wait(s, t, layer, 0);
     pthread_mutex_unlock(&s->mutex);
     if (failed) return d3sr_fail(D3SR_ERR_RUNTIME, "tiles: another tile failed");
-    return unpark(ctx, t);
+    return alone ? D3SR_OK : unpark(ctx, t);
 }
 
 static void *tile_main(void *arg)
@@ -229,7 +231,7 @@ static void *tile_main(void *arg)
     ctx->pooling.in_w = job->window_w;
     ctx->pooling.mean_rstd = t->mean_rstd;
     ctx->pooling.stats = t->stats;
-    ctx->pooling.barrier = tile_barrier;
+    ctx->pooling.barrier = job->statistics ? NULL : tile_barrier; /* given statistics: nothing to wait for */
     ctx->pooling.barrier_user = t;
     d3sr_status status = d3sr_ctx_run(ctx, job->forward, job->args[t->index]);
     if (status == D3SR_OK && ctx->pooling.next != job->layers)
@@ -270,8 +272,9 @@ d3sr_status d3sr_tiles_run(d3sr_ctx *ctx, const d3sr_tiles_job *job, d3sr_tiles_
         t->stats = malloc((size_t)job->n * job->groups * 3 * sizeof *t->stats);
         if (!t->collect || !t->mean_rstd || !t->stats) status = d3sr_fail(D3SR_ERR_MEMORY, "tiles: out of host memory");
         t->pool = (d3sr_norm_pool){job->cores[i][0], job->cores[i][1], job->cores[i][2], job->cores[i][3],
-                                   job->layers, job->groups, s.pooled, t->collect};
+                                   job->layers, job->groups, s.pooled, job->statistics ? NULL : t->collect};
     }
+    if (status == D3SR_OK && job->statistics) memcpy(s.pooled, job->statistics, entries * 2 * sizeof *s.pooled);
     if (status == D3SR_OK) {
         pthread_mutex_init(&s.mutex, NULL);
         pthread_cond_init(&s.changed, NULL);
@@ -297,6 +300,7 @@ d3sr_status d3sr_tiles_run(d3sr_ctx *ctx, const d3sr_tiles_job *job, d3sr_tiles_
             if (s.tiles[i].status != D3SR_OK) status = d3sr_fail(s.tiles[i].status, "tiles: tile %d failed", i);
     }
     if (report) report->parked_peak_bytes = s.parked_peak;
+    if (status == D3SR_OK && job->pooled) memcpy(job->pooled, s.pooled, entries * 2 * sizeof *s.pooled);
     for (int i = 0; s.tiles && i < job->count; i++) {
         free(s.tiles[i].collect);
         free(s.tiles[i].mean_rstd);

@@ -12,6 +12,9 @@
  * share one arena plan and one arena; memory is one tile's working set plus
  * the parked activations of all tiles (about the image's live set at one
  * layer). Compute is that of one untiled pass over the windows.
+ *
+ * With statistics given (job->statistics), there is nothing to wait for: the
+ * tiles run one after another with them, and memory is one tile's.
  */
 #ifndef D3SR_MODELS_TILES_H
 #define D3SR_MODELS_TILES_H
@@ -27,6 +30,11 @@ typedef struct {
     int layers, groups;          /* GroupNorm layers of one forward and their groups */
     int window_h, window_w;      /* the input size of every tile */
     int park_half;               /* park activations as float16 (else float32) */
+    /* [n, layers, groups, 2] statistics to normalise every layer with; NULL:
+     * pool the tiles' own, layer by layer. Given, each tile runs its whole
+     * forward in turn and nothing is parked. */
+    const double *statistics;
+    double *pooled;              /* may be NULL: receives the statistics used, [n, layers, groups, 2] */
     /* Called once per tile, in tile order of finishing, after its forward ended well. */
     d3sr_status (*finish)(int tile, void *user);
     void *user;

@@ -440,10 +440,19 @@ static d3sr_status check_tiles(const int (*tiles)[8], int count, int h, int w, i
     return D3SR_OK;
 }
 
-d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w, const int (*tiles)[8],
-                               int count, int park_half, float *out, size_t *parked_bytes)
+d3sr_status d3sr_vae_norm_layers(const d3sr_model *m, int encode, int *layers, int *groups)
 {
-    if (parked_bytes) *parked_bytes = 0;
+    if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_norm_layers needs a VAE");
+    const vae *v = m->impl;
+    *layers = count_norm_layers(v, encode);
+    *groups = v->cfg.norm_num_groups;
+    return D3SR_OK;
+}
+
+d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w, const int (*tiles)[8],
+                               int count, d3sr_vae_tiling *how, float *out)
+{
+    how->parked_bytes = 0;
     if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_run_tiled needs a VAE");
     vae *v = m->impl;
     const d3sr_vae_config *c = &v->cfg;
@@ -489,10 +498,11 @@ d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n,
     }
     if (status == D3SR_OK) {
         d3sr_tiles_job job = {encode ? encode_forward : decode_forward, args, (const int (*)[4])cores, count, n,
-                              count_norm_layers(v, encode), c->norm_num_groups, wh, ww, park_half, finish_tile, &t};
+                              count_norm_layers(v, encode), c->norm_num_groups, wh, ww, how->park_half,
+                              how->statistics, how->pooled, finish_tile, &t};
         d3sr_tiles_report report = {0};
         status = d3sr_tiles_run(&m->ctx, &job, &report);
-        if (parked_bytes) *parked_bytes = report.parked_peak_bytes;
+        how->parked_bytes = report.parked_peak_bytes;
     }
     for (int i = 0; t.calls && i < count; i++) {
         free((void *)t.calls[i].input);

@@ -230,57 +230,79 @@ static PyObject *vae_call(ModelObject *self, PyObject *obj, int encode)
 static PyObject *model_vae_encode(ModelObject *self, PyObject *x) { return vae_call(self, x, 1); }
 static PyObject *model_vae_decode(ModelObject *self, PyObject *z) { return vae_call(self, z, 0); }
 
-/* vae_run_tiled(x, tiles [count, 8] int, encode, park_half) -> (output, parked bytes). */
+/* vae_norm_layers(encode) -> (GroupNorm layers of the encoder or decoder, groups). */
+static PyObject *model_vae_norm_layers(ModelObject *self, PyObject *args)
+{
+    int encode, layers, groups;
+    if (!PyArg_ParseTuple(args, "p", &encode)) return NULL;
+    d3sr_status status = d3sr_vae_norm_layers(self->model, encode, &layers, &groups);
+    if (status != D3SR_OK) return raise_status(status);
+    return Py_BuildValue("(ii)", layers, groups);
+}
+
+/* vae_run_tiled(x, tiles [count, 8] int, encode, park_half, statistics=None)
+ *   -> (output, parked bytes, statistics used [N, layers, groups, 2] float64). */
 static PyObject *model_vae_run_tiled(ModelObject *self, PyObject *args)
 {
-    PyObject *obj, *tiles_obj;
+    PyObject *obj, *tiles_obj, *stats_obj = Py_None;
     int encode, park_half;
-    if (!PyArg_ParseTuple(args, "OOpp", &obj, &tiles_obj, &encode, &park_half)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOpp|O", &obj, &tiles_obj, &encode, &park_half, &stats_obj)) return NULL;
+    int layers, groups;
+    d3sr_status status = d3sr_vae_norm_layers(self->model, encode, &layers, &groups);
+    if (status != D3SR_OK) return raise_status(status);
     PyArrayObject *x = encode ? float32_array(obj, "x", 4, "[N, C, H, W]")
                               : float32_array(obj, "z", 4, "[N, latent_channels, h, w]");
     if (!x) return NULL;
-    PyArrayObject *tiles = (PyArrayObject *)PyArray_FROM_OTF(tiles_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
-    if (!tiles) {
-        Py_DECREF(x);
-        return NULL;
-    }
-    PyArrayObject *y = NULL;
+    PyArrayObject *tiles = NULL, *given = NULL, *pooled = NULL, *y = NULL;
+    tiles = (PyArrayObject *)PyArray_FROM_OTF(tiles_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    if (!tiles) goto done;
     if (PyArray_NDIM(tiles) != 2 || PyArray_DIM(tiles, 1) != 8 || PyArray_DIM(tiles, 0) < 1) {
         PyErr_SetString(PyExc_ValueError, "tiles must have shape [count, 8]: window y0, y1, x0, x1, core y0, y1, x0, x1");
         goto done;
     }
+    const npy_intp stats_dims[4] = {PyArray_DIM(x, 0), layers, groups, 2};
+    if (stats_obj != Py_None) {
+        given = (PyArrayObject *)PyArray_FROM_OTF(stats_obj, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY);
+        if (!given) goto done;
+        if (PyArray_NDIM(given) != 4 || memcmp(PyArray_DIMS(given), stats_dims, sizeof stats_dims) != 0) {
+            PyErr_Format(PyExc_ValueError, "statistics must have shape [%zd, %d, %d, 2] (samples, GroupNorm layers, "
+                         "groups, mean and variance)", (Py_ssize_t)stats_dims[0], layers, groups);
+            goto done;
+        }
+    }
     int64_t in[4], out[4];
     for (int i = 0; i < 4; i++) in[i] = PyArray_DIM(x, i);
-    d3sr_status status = d3sr_vae_output_shape(self->model, encode, in, out);
+    status = d3sr_vae_output_shape(self->model, encode, in, out);
     if (status != D3SR_OK) {
         raise_status(status);
         goto done;
     }
     npy_intp dims[4] = {(npy_intp)out[0], (npy_intp)out[1], (npy_intp)out[2], (npy_intp)out[3]};
     y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
-    if (!y) goto done;
-    size_t parked = 0;
+    pooled = (PyArrayObject *)PyArray_SimpleNew(4, (npy_intp *)stats_dims, NPY_FLOAT64);
+    if (!y || !pooled) goto done;
+    d3sr_vae_tiling how = {given ? PyArray_DATA(given) : NULL, park_half, PyArray_DATA(pooled), 0};
     const float *xd = PyArray_DATA(x);
     const int (*td)[8] = (const int (*)[8])PyArray_DATA(tiles);
     int count = (int)PyArray_DIM(tiles, 0);
     float *yd = PyArray_DATA(y);
-    RUN_LOCKED(self, d3sr_vae_run_tiled(self->model, encode, xd, (int)in[0], (int)in[2], (int)in[3], td, count, park_half,
-                                        yd, &parked));
+    RUN_LOCKED(self, d3sr_vae_run_tiled(self->model, encode, xd, (int)in[0], (int)in[2], (int)in[3], td, count, &how, yd));
     if (status != D3SR_OK) {
-        Py_CLEAR(y);
         raise_status(status);
         goto done;
     }
     Py_DECREF(x);
     Py_DECREF(tiles);
-    return Py_BuildValue("(Nn)", (PyObject *)y, (Py_ssize_t)parked);
+    Py_XDECREF(given);
+    return Py_BuildValue("(NnN)", (PyObject *)y, (Py_ssize_t)how.parked_bytes, (PyObject *)pooled);
 done:
     Py_DECREF(x);
-    Py_DECREF(tiles);
+    Py_XDECREF(tiles);
+    Py_XDECREF(given);
+    Py_XDECREF(pooled);
     Py_XDECREF(y);
     return NULL;
 }
-
 
 static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -441,8 +463,11 @@ static PyMethodDef model_methods[] = {
     {"memory", (PyCFunction)model_memory, METH_NOARGS, "Bytes held: {'weights': ..., 'activations': ...}."},
     {"vae_encode", (PyCFunction)model_vae_encode, METH_O, "vae_encode(x [N, C, H, W] float32) -> posterior mean."},
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
+    {"vae_norm_layers", (PyCFunction)model_vae_norm_layers, METH_VARARGS,
+     "vae_norm_layers(encode) -> (GroupNorm layers, groups): the sizes of a tiled call's statistics."},
     {"vae_run_tiled", (PyCFunction)model_vae_run_tiled, METH_VARARGS,
-     "vae_run_tiled(x, tiles [count, 8], encode, park_half) -> (output, most bytes parked): one pass, pooled GroupNorm."},
+     "vae_run_tiled(x, tiles [count, 8], encode, park_half, statistics=None) -> (output, most bytes parked, statistics "
+     "used): pooled GroupNorm in one pass, or the given statistics."},
     {"head_forward", (PyCFunction)model_head_forward, METH_O, "head_forward(features [N, C, h, w]) -> logits [N, 1, h, w]"},
     {"unet_forward", (PyCFunction)(void (*)(void))model_unet_forward, METH_VARARGS | METH_KEYWORDS,
      "unet_forward(sample, timesteps [N], encoder_hidden_states [N, L, D], text_embeds=None, time_ids=None)"},
