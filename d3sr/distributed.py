@@ -31,12 +31,12 @@ import math
 import os
 import sys
 import time
-import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .cli import IMAGE_EXTENSIONS, CommandError
+from ._evaluation import (IMAGE_EXTENSIONS, CommandError, eval_scorers, pair_images, parse_metrics,
+                          print_eval_summary, score_pair, write_scores_csv)
 
 PARTIAL_SUFFIX = ".partial"  # d3sr.images.write_image's temporary files: .NAME.XXXXXXXX.partial
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists")
@@ -338,14 +338,12 @@ class _EvalWorker:
 
     def __init__(self, chosen, options, threads):
         from . import set_num_threads
-        from .cli import eval_scorers
 
         set_num_threads(threads)
         self.chosen = chosen
         self.score = eval_scorers(chosen, **options)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        from .cli import score_pair
 
         scores, errors = [], []
         for name, sr, hr in zip(batch["name"], batch["sr"], batch["hr"]):
@@ -371,7 +369,6 @@ def evaluate_dataset(sr_dir: str, hr_dir: str, metrics: Union[str, Sequence[str]
     pairs them, on Ray Data; the same per-image scores, CSV and means as `d3sr eval` (whose
     options these are), plus the standard deviation. A pair that cannot be scored is reported
     in `failed` and left out of the table. Worker options as upscale_dataset's."""
-    from .cli import eval_scorers, pair_images, parse_metrics, write_scores_csv
 
     _check_worker_options(num_workers, batch_size, cpus_per_worker, threads, progress)
     if not isinstance(metrics, str):
@@ -469,7 +466,6 @@ def upscale_command(args) -> int:
 
 def eval_command(args) -> int:
     """`d3sr eval --sr DIR --hr DIR --ray [ADDRESS] [...]`: d3sr eval's output, computed on Ray."""
-    from .cli import print_eval_summary
 
     try:
         _quiet_connect(args.ray or None)

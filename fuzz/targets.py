@@ -5,7 +5,7 @@
 
 TARGET is one of TARGETS below. Each target feeds one input to one loader
 and accepts only the exceptions that loader documents (ValueError,
-TypeError, FileNotFoundError, d3sr.cli.CommandError...); anything else, a
+TypeError, FileNotFoundError, d3sr._evaluation.CommandError...); anything else, a
 crash of the C core, or a hang is a finding. The seeds are in
 fuzz/corpus/TARGET (fuzz/make_seeds.py writes them); fuzz/run.sh runs every
 target for a bounded time. Needs `pip install atheris` (the fuzz extra).
@@ -24,7 +24,7 @@ with atheris.instrument_imports(include=["d3sr"]):
     import numpy as np
 
     import d3sr
-    from d3sr import _checkpoint as checkpoint, _lora as lora, _torch_pickle as torch_pickle, _weights as weights, cli
+    from d3sr import _checkpoint as checkpoint, _evaluation as evaluation, _lora as lora, _torch_pickle as torch_pickle, _weights as weights
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(os.path.dirname(HERE), "tests", "data")
@@ -150,9 +150,9 @@ def fuzz_torch_pickle(data: bytes) -> None:
 def fuzz_image(data: bytes) -> None:
     """Image files as `d3sr eval` reads them."""
     try:
-        image = cli.read_rgb(_write("image", data))
+        image = evaluation.read_rgb(_write("image", data))
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-    except (cli.CommandError, OSError, ValueError):
+    except (evaluation.CommandError, OSError, ValueError):
         pass
 
 

@@ -592,7 +592,7 @@ def test_make_discriminator_head_hidden_zero_is_an_error(tmp_path):
 def test_decompression_bomb_is_a_cli_error(tmp_path, monkeypatch):
     from PIL import Image
 
-    from d3sr.cli import CommandError, read_rgb
+    from d3sr._evaluation import CommandError, read_rgb
 
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is then a "bomb"

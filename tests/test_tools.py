@@ -10,7 +10,8 @@ import pytest
 
 import d3sr
 from d3sr import _torch_pickle as torch_pickle
-from d3sr.cli import main, read_rgb, write_image
+from d3sr._evaluation import read_rgb
+from d3sr.cli import main, write_image
 from d3sr._tools import convert_osediff, make_generator_checkpoint
 from conftest import DATA, assert_close, load_reference
 from test_unet import call_args
