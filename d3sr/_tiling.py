@@ -194,11 +194,11 @@ def area_matrix(size: int, small: int) -> np.ndarray:
 
 
 def shrink_for_statistics(x: np.ndarray, tile: int, multiple: int) -> np.ndarray:
-    """x [N, C, H, W] area-resampled so its longer side fits in tile, each side
-    a multiple of `multiple` (at least one): the input of the pass that
-    estimates a tiled VAE call's GroupNorm statistics."""
+    """x [N, C, H, W] area-resampled so its longer side fits in tile (never
+    enlarged), each side a multiple of `multiple` (at least one): the input of
+    the pass that estimates a tiled VAE call's GroupNorm statistics."""
     _, _, h, w = x.shape
-    factor = max(h, w) / tile
+    factor = max(1.0, max(h, w) / tile)
     sh = max(multiple, int(h / factor) // multiple * multiple)
     sw = max(multiple, int(w / factor) // multiple * multiple)
     small = np.einsum("yh,nchw,xw->ncyx", area_matrix(h, sh), x, area_matrix(w, sw), optimize=True)

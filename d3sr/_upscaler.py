@@ -76,9 +76,9 @@ class Upscaler:
         stage's activations of the whole image) or 'estimated' (from one small
         pass over the image area-resampled to fit a tile; then the tiles run one
         by one in one tile's memory at any image size; approximate: README,
-        Large images). progress: called with the
-        number of tiles each step finished (progress_steps gives the total; a
-        VAE stage reports its tiles when it ends)."""
+        Large images). progress: called with the number of tiles each step
+        finished (progress_steps gives the total; a VAE stage reports its tiles
+        when it ends)."""
         images, single, is_uint8 = as_image_batch(image)
         if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")

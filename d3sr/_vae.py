@@ -190,10 +190,6 @@ class VAE(CoreModel):
                 raise ValueError(f"statistics must be None, 'estimated' or an array, not {statistics!r}")
             small = tiling.shrink_for_statistics(x, tile, multiple)
             _, _, statistics = self._model.vae_run_tiled(small, tiling.whole_window(*small.shape[2:]), encode, False)
-        elif statistics is not None:
-            statistics = np.asarray(statistics, dtype=np.float64)
-            if not np.all(np.isfinite(statistics)) or np.any(statistics[..., 1:] < 0):
-                raise ValueError("statistics must be finite, with non-negative variances")
         out, self.last_parked_bytes, self.last_statistics = self._model.vae_run_tiled(x, tiles, encode, half,
                                                                                       statistics)
         return out

@@ -239,18 +239,23 @@ def test_shrink_for_statistics_keeps_every_pixels_weight():
     assert small.shape == (1, 3, 20, 32) and small.dtype == np.float32
     assert np.allclose(small.mean(axis=(2, 3)), x.mean(axis=(2, 3)), atol=0.02)
     assert tiling.shrink_for_statistics(x, 8, 8).shape == (1, 3, 8, 8)   # at least one multiple a side
+    assert tiling.shrink_for_statistics(x, 256, 4).shape == x.shape        # never enlarged
 
 
 def test_bad_statistics_arguments(upscaler):
     vae = small_vae(attention=False)
     x = np.zeros((1, 3, 32, 32), np.float32)
-    layers = vae._model.vae_norm_layers(True)[0]
+    layers, groups = vae._model.vae_norm_layers(True)
     with pytest.raises(ValueError, match="statistics must have shape"):
-        vae.encode_tiled(x, 16, statistics=np.zeros((1, layers, 4, 3)))
+        vae.encode_tiled(x, 16, statistics=np.zeros((1, layers, groups, 3)))
     with pytest.raises(ValueError, match="statistics"):
         vae.encode_tiled(x, 16, statistics="pooled")
-    with pytest.raises(ValueError, match="statistics must be finite"):
-        vae.encode_tiled(x, 16, statistics=np.full((1, layers, 4, 2), np.nan))
+    with pytest.raises(ValueError, match="statistics entry 0 is mean nan"):
+        vae.encode_tiled(x, 16, statistics=np.full((1, layers, groups, 2), np.nan))
+    negative = np.zeros((1, layers, groups, 2))
+    negative[0, 3, 1, 1] = -1
+    with pytest.raises(ValueError, match=f"statistics entry {3 * groups + 1} .* variance >= 0"):
+        vae.encode_tiled(x, 16, statistics=negative)
     with pytest.raises(ValueError, match="vae_statistics"):
         upscaler.upscale(np.zeros((8, 8, 3), np.uint8), vae_statistics="pooled")
 

@@ -9,6 +9,7 @@
  * upsampling and a conv except at the last level), GroupNorm + SiLU,
  * conv_out. Every norm uses eps 1e-6, as diffusers builds them.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -470,6 +471,14 @@ d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n,
     else
         status = check_tiles(tiles, count, h, w, encode ? factor : 1);
     if (status == D3SR_OK) status = d3sr_check_finite(x, (size_t)n * t.channels * h * w, what);
+    const int layers = count_norm_layers(v, encode);
+    const size_t entries = (size_t)n * layers * c->norm_num_groups;
+    for (size_t i = 0; status == D3SR_OK && how->statistics && i < entries; i++) {
+        const double mean = how->statistics[2 * i], var = how->statistics[2 * i + 1];
+        if (!isfinite(mean) || !isfinite(var) || var < 0)
+            status = d3sr_fail(D3SR_ERR_VALUE, "%s: statistics entry %zu is mean %g, variance %g; finite values and a "
+                               "variance >= 0 are needed", what, i, mean, var);
+    }
     if (status == D3SR_OK) {
         t.calls = calloc((size_t)count, sizeof *t.calls);
         if (!t.calls) status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory", what);
@@ -498,7 +507,7 @@ d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n,
     }
     if (status == D3SR_OK) {
         d3sr_tiles_job job = {encode ? encode_forward : decode_forward, args, (const int (*)[4])cores, count, n,
-                              count_norm_layers(v, encode), c->norm_num_groups, wh, ww, how->park_half,
+                              layers, c->norm_num_groups, wh, ww, how->park_half,
                               how->statistics, how->pooled, finish_tile, &t};
         d3sr_tiles_report report = {0};
         status = d3sr_tiles_run(&m->ctx, &job, &report);
