@@ -12,10 +12,13 @@ process so peak RSS is that run's alone:
     python benchmarks/tiling.py fidelity --model tiny --size 256 --latent-tile 32 --latent-overlap 8 \\
         --encoder-tile 256 --decoder-tile 64 --vae-statistics estimated
     python benchmarks/tiling.py vae --size 512 --encoder-tile 256 --decoder-tile 32   # VAE alone
+    python benchmarks/tiling.py window --encoder-tile 1024 --decoder-tile 224   # one tile's window alone
 
 memory: seconds per output megapixel and peak RSS of Upscaler.upscale at the
 default tiles (weights alone are measured too, so the table shows what the
-activations add). fidelity: each stage run tiled and untiled on the same
+activations add). window: peak RSS of the SD VAE encoder and decoder run
+untiled on one window (tile plus halo on both sides): with estimated
+statistics, what one tile adds to the weights at any image size. fidelity: each stage run tiled and untiled on the same
 input (the untiled pipeline's), relative L2 and PSNR (images in [0, 1],
 latents against their own peak), and end to end.
 """
@@ -154,6 +157,27 @@ def child_vae(size: int, tile: int, decoder_tile: int, how: str) -> dict:
     return row
 
 
+def child_window(encoder_tile: int, decoder_tile: int, part: str) -> dict:
+    """The SD VAE's encoder or decoder on one window of the given tile, untiled."""
+    import d3sr
+    from d3sr import _tiling as tiling
+    from d3sr.testing import iter_random_weights, real_config
+
+    vae = d3sr.VAE.from_config(real_config("sd21-vae"), parts=(part,))
+    vae.load_weights(iter_random_weights(vae.weight_shapes(), seed=0))
+    weights_mb = peak_rss_mb()
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    if part == "encoder":
+        side = encoder_tile + 2 * tiling.encoder_halo(vae.config)
+        vae.encode(rng.uniform(-1, 1, (1, 3, side, side)).astype(np.float32))
+    else:
+        side = decoder_tile + 2 * tiling.decoder_halo(vae.config)
+        vae.decode(rng.standard_normal((1, 4, side, side)).astype(np.float32))
+    return {"part": part, "window": side, "seconds": time.perf_counter() - start, "weights_rss_mb": weights_mb,
+            "peak_rss_mb": peak_rss_mb()}
+
+
 def run_child(args_list) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "child"] + args_list, env=env,
@@ -163,7 +187,7 @@ def run_child(args_list) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("memory", "fidelity", "vae", "child"))
+    parser.add_argument("mode", choices=("memory", "fidelity", "vae", "window", "child"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--latent-tile", type=int, default=96)
@@ -188,6 +212,8 @@ def main() -> None:
             result = child_memory(args.size, tiles, args.model, args.vae_statistics)
         elif args.child == "fidelity":
             result = child_fidelity(args.size, tiles, args.park, args.model, args.vae_statistics)
+        elif args.child in ("window-encoder", "window-decoder"):
+            result = child_window(args.encoder_tile, args.decoder_tile, args.child.split("-")[1])
         else:
             result = child_vae(args.size, args.encoder_tile, args.decoder_tile, args.child)
         print(json.dumps(result))
@@ -215,6 +241,15 @@ def main() -> None:
                         r["how"], f"tiles, pooled, parked as {r['how']}")
                     print(f"| {stage} | {label} | {r[stage]['seconds']:.1f} | {r[stage]['parked_mb']:.0f} | "
                           f"{r['peak_rss_mb']:.0f} | {rel_l2(out, whole):.1e} |")
+        return
+    if args.mode == "window":
+        print(f"SD 2.1 VAE, one window untiled; threads {d3sr.get_num_threads()}")
+        print("| part | tile | window | s | weights RSS MB | peak RSS MB |")
+        print("|---|---|---|---|---|---|")
+        for part, tile in (("encoder", f"{args.encoder_tile} px"), ("decoder", f"{args.decoder_tile} latent px")):
+            r = run_child(["--child", f"window-{part}"] + common)
+            print(f"| {part} | {tile} | {r['window']} | {r['seconds']:.0f} | {r['weights_rss_mb']:.0f} | "
+                  f"{r['peak_rss_mb']:.0f} |", flush=True)
         return
     if args.mode == "memory":
         print(f"{args.model}, threads: {d3sr.get_num_threads()}, tiles: {tiles}, "
