@@ -38,6 +38,19 @@ __device__ __forceinline__ welford welford_merge(welford a, welford b)
     return r;
 }
 
+/* Merges every thread's acc over a block of GN_THREADS threads (a tree in
+ * shared memory, states[GN_THREADS]); every thread gets the block's total. */
+__device__ __forceinline__ welford welford_block_merge(welford *states, welford acc)
+{
+    states[threadIdx.x] = acc;
+    __syncthreads();
+    for (int stride = GN_THREADS / 2; stride > 0; stride /= 2) {
+        if ((int)threadIdx.x < stride) states[threadIdx.x] = welford_merge(states[threadIdx.x], states[threadIdx.x + stride]);
+        __syncthreads();
+    }
+    return states[0];
+}
+
 template <int V> __device__ __forceinline__ welford welford_of(const float (&v)[V])
 {
     float s = 0.0f;
@@ -115,13 +128,8 @@ __global__ void __launch_bounds__(GN_THREADS)
         welford one = {1.0f, to_f32(xs[(i / cg) * c + i % cg]), 0.0f};
         acc = welford_merge(acc, one);
     }
-    states[threadIdx.x] = acc;
-    __syncthreads();
-    for (int stride = GN_THREADS / 2; stride > 0; stride /= 2) {
-        if ((int)threadIdx.x < stride) states[threadIdx.x] = welford_merge(states[threadIdx.x], states[threadIdx.x + stride]);
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[(size_t)b * groups + g] = states[0];
+    const welford total = welford_block_merge(states, acc);
+    if (threadIdx.x == 0) partial[(size_t)b * groups + g] = total;
 }
 
 /* Block per sample: scale_shift[b] = [scale[c] | shift[c]] from the merged chunks. */
@@ -275,13 +283,8 @@ __global__ void __launch_bounds__(GN_THREADS)
         welford one = {1.0f, to_f32(xs[(row * w + col) * c + j]), 0.0f};
         acc = welford_merge(acc, one);
     }
-    states[threadIdx.x] = acc;
-    __syncthreads();
-    for (int stride = GN_THREADS / 2; stride > 0; stride /= 2) {
-        if ((int)threadIdx.x < stride) states[threadIdx.x] = welford_merge(states[threadIdx.x], states[threadIdx.x + stride]);
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[(size_t)b * groups + g] = states[0];
+    const welford total = welford_block_merge(states, acc);
+    if (threadIdx.x == 0) out[(size_t)b * groups + g] = total;
 }
 
 /* Block per sample: scale_shift[b] = [scale[c] | shift[c]] from given mean and 1/std per group. */
