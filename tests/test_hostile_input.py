@@ -302,6 +302,14 @@ for i in range(4):
     ma, mb = a64.mean(0), b64.mean(0)
     want = np.stack([ma, mb, a64.var(0), b64.var(0), ((a64 - ma) * (b64 - mb)).mean(0)])
     worst = max(worst, float(np.abs(m - want).max() / np.abs(want).max()))
+    _core.op("conv2d", rng.standard_normal((1, 40, 40, 16)).astype(np.float32) * 1000,
+             rng.standard_normal((16, 16, 3, 3)).astype(np.float32))
+    _, st = _core.group_norm_pooled(x, np.ones(16, np.float32), np.zeros(16, np.float32), groups=4, eps=1e-5,
+                                    core=(2, 20, 3, 17))    # a tile's core: the region statistics
+    r = x[0, 2:20, 3:17].reshape(-1, 4, 4).astype(np.float64)
+    got = st.reshape(4, 3)
+    worst = max(worst, float(np.abs(got[:, 1] - r.mean((0, 2))).max()),
+                float(np.abs(got[:, 2] - r.var((0, 2)) * r.shape[0] * r.shape[2]).max() / got[:, 2].max()))
 vae = d3sr.VAE.load(os.path.join(DATA, "vae_a"))
 ref = load_reference(os.path.join(DATA, "vae_a", "reference.safetensors"))
 errors = [rel_l2(vae.encode(ref["encode.input"]), ref["encode.mean"]) for _ in range(3)]

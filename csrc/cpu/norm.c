@@ -43,13 +43,27 @@ static void scale_shift_rows(const float *x, size_t rows, int c, const float *sc
     }
 }
 
-/* Per-channel sums of x (mean == NULL) or of (x - mean[c])^2 over all pixels,
- * each thread into its own row of partial, then reduced into total[c].
- * OpenMP may start fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC,
- * nesting), so every row is zeroed here, not by a thread that may not run. */
-static void channel_sums(const float *x, size_t pixels, int c, const double *mean, double *partial,
+static void sum_rows(const float *x, size_t rows, int c, const double *mean, double *acc)
+{
+    if (mean)
+        add_squared_deviations(x, rows, c, mean, acc);
+    else
+        add_rows(x, rows, c, acc);
+}
+
+/* Per-channel sums of x (mean == NULL) or of (x - mean[c])^2 over rows
+ * [region[0], region[1]) x columns [region[2], region[3]) of one sample
+ * [h, w, c], each thread into its own row of partial, then reduced into
+ * total[c]. A full-width region is split across threads by pixels, any other
+ * by rows. OpenMP may start fewer threads than asked (OMP_THREAD_LIMIT,
+ * OMP_DYNAMIC, nesting), so every row is zeroed here, not by a thread that
+ * may not run. */
+static void channel_sums(const float *xs, int w, int c, const int region[4], const double *mean, double *partial,
                          double *total, int threads)
 {
+    const size_t rows = (size_t)(region[1] - region[0]), width = (size_t)(region[3] - region[2]);
+    const int full_width = width == (size_t)w;
+    const float *first = xs + ((size_t)region[0] * w + (size_t)region[2]) * c;
     memset(partial, 0, (size_t)threads * c * sizeof *partial);
 #pragma omp parallel num_threads(threads)
     {
@@ -58,12 +72,12 @@ static void channel_sums(const float *x, size_t pixels, int c, const double *mea
 #else
         double *acc = partial;
 #endif
-        size_t p0, p1;
-        cpu_share(pixels, &p0, &p1);
-        if (mean)
-            add_squared_deviations(x + p0 * c, p1 - p0, c, mean, acc);
+        size_t u0, u1;
+        cpu_share(full_width ? rows * width : rows, &u0, &u1);
+        if (full_width)
+            sum_rows(first + u0 * c, u1 - u0, c, mean, acc);
         else
-            add_rows(x + p0 * c, p1 - p0, c, acc);
+            for (size_t r = u0; r < u1; r++) sum_rows(first + r * w * c, width, c, mean, acc);
     }
     memset(total, 0, (size_t)c * sizeof *total);
     for (int t = 0; t < threads; t++)
@@ -88,17 +102,18 @@ d3sr_status cpu_group_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm 
     float *shift = scale + c;
 
     const double count = (double)pixels * cg;
+    const int whole[4] = {0, x->h, 0, x->w};
     for (int n = 0; n < x->n; n++) {
         const float *xs = (const float *)x->data + (size_t)n * pixels * c;
         float *ys = (float *)out->data + (size_t)n * pixels * c;
 
-        channel_sums(xs, pixels, c, NULL, partial, total, threads);
+        channel_sums(xs, x->w, c, whole, NULL, partial, total, threads);
         for (int g = 0; g < groups; g++) {
             double s = 0;
             for (int j = 0; j < cg; j++) s += total[g * cg + j];
             for (int j = 0; j < cg; j++) mean[g * cg + j] = s / count;
         }
-        channel_sums(xs, pixels, c, mean, partial, total, threads);
+        channel_sums(xs, x->w, c, whole, mean, partial, total, threads);
         for (int g = 0; g < groups; g++) {
             double s = 0;
             for (int j = 0; j < cg; j++) s += total[g * cg + j];
@@ -157,34 +172,6 @@ d3sr_status cpu_layer_norm(d3sr_ctx *ctx, const d3sr_tensor *x, const d3sr_norm 
 
 /* ---- tiled GroupNorm: statistics over a region, normalisation with given ones ---- */
 
-/* Per-channel sums over rows [y0, y1) x columns [x0, x1) of one sample, as channel_sums. */
-static void region_channel_sums(const float *xs, int w, int c, const int region[4], const double *mean,
-                                double *partial, double *total, int threads)
-{
-    const size_t rows = (size_t)(region[1] - region[0]), width = (size_t)(region[3] - region[2]);
-#pragma omp parallel num_threads(threads)
-    {
-#ifdef _OPENMP
-        double *acc = partial + (size_t)omp_get_thread_num() * c;
-#else
-        double *acc = partial;
-#endif
-        memset(acc, 0, (size_t)c * sizeof *acc);
-        size_t r0, r1;
-        cpu_share(rows, &r0, &r1);
-        for (size_t r = r0; r < r1; r++) {
-            const float *row = xs + (((size_t)region[0] + r) * w + (size_t)region[2]) * c;
-            if (mean)
-                add_squared_deviations(row, width, c, mean, acc);
-            else
-                add_rows(row, width, c, acc);
-        }
-    }
-    memset(total, 0, (size_t)c * sizeof *total);
-    for (int t = 0; t < threads; t++)
-        for (int j = 0; j < c; j++) total[j] += partial[(size_t)t * c + j];
-}
-
 d3sr_status cpu_group_stats(d3sr_ctx *ctx, const d3sr_tensor *x, int groups, const int region[4], double *stats)
 {
     const int c = x->c, cg = c / groups, threads = d3sr_threads();
@@ -196,13 +183,13 @@ d3sr_status cpu_group_stats(d3sr_ctx *ctx, const d3sr_tensor *x, int groups, con
     for (int n = 0; n < x->n; n++) {
         const float *xs = (const float *)x->data + (size_t)n * pixels * c;
         double *out = stats + (size_t)n * groups * 3;
-        region_channel_sums(xs, x->w, c, region, NULL, partial, total, threads);
+        channel_sums(xs, x->w, c, region, NULL, partial, total, threads);
         for (int g = 0; g < groups; g++) {
             double s = 0;
             for (int j = 0; j < cg; j++) s += total[g * cg + j];
             for (int j = 0; j < cg; j++) mean[g * cg + j] = s / count;
         }
-        region_channel_sums(xs, x->w, c, region, mean, partial, total, threads);
+        channel_sums(xs, x->w, c, region, mean, partial, total, threads);
         for (int g = 0; g < groups; g++) {
             double s = 0;
             for (int j = 0; j < cg; j++) s += total[g * cg + j];
