@@ -59,7 +59,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHOTOS = os.path.join(ROOT, "tools", "tiny", "photos.tsv")
 
 
 def _load_module(name: str, relative: str):
@@ -71,12 +70,15 @@ def _load_module(name: str, relative: str):
 
 
 images = _load_module("d3sr_images", "d3sr/images.py")  # the Upscaler's bicubic, bit for bit
+photos = _load_module("tiny_photos", "tools/tiny/photos.py")
+read_photo_list, load_photo, LONG_SIDE = photos.read_photo_list, photos.load_photo, photos.LONG_SIDE
+# the SDXL trunk as the reference script runs it (down and mid blocks)
+sdxl_trunk = _load_module("make_references", "tools/make_references.py").sdxl_trunk
 
 SCALE = 4
 TIMESTEP = 399           # T_L: d3sr's default (D3SR does not publish its own)
 SCALING_FACTOR = 1.0     # the latents start at the image's scale (init_passthrough): no rescaling needed
 CONTEXT_LEN = 8          # tokens of the fixed text embedding
-LONG_SIDE = 1280         # photos are resized (Lanczos) to this longer side: the HR images
 
 # x4 VAE (three levels) with 16 latent channels: 16 numbers per 4x4x3 = 48 HR values, five
 # times what the LR image holds per patch (3). Full-resolution widths stay at 8 and 16 because
@@ -119,26 +121,7 @@ ADV_START = 0.25         # fraction of the steps before the adversarial term sta
 T_MAX = 750              # discriminator timesteps t ~ U[0, T_MAX): above, F(z, t) is nearly all noise
 
 
-def read_photo_list(split: str):
-    rows = []
-    with open(PHOTOS, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            fields = line.rstrip("\n").split("\t")
-            if fields[0] == split:
-                rows.append(fields[2])
-    return rows
-
-
-def load_photo(path: str) -> np.ndarray:
-    """A photo as HR uint8 [H, W, 3]: RGB, longer side resized to LONG_SIDE (Lanczos)."""
-    image = Image.open(path).convert("RGB")
-    w, h = image.size
-    if max(w, h) > LONG_SIDE:
-        factor = LONG_SIDE / max(w, h)
-        image = image.resize((round(w * factor), round(h * factor)), Image.LANCZOS)
-    return np.asarray(image)
+# read_photo_list, load_photo: tools/tiny/photos.py, shared with tools/tiny/evaluate.py
 
 
 def downscale(hr: np.ndarray) -> np.ndarray:
@@ -205,21 +188,6 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
     g = g.view(x.shape[0], x.shape[1], 2, *x.shape[2:])
     return torch.sqrt(g.pow(2).sum(2) + 1e-6)
-
-
-def sdxl_trunk(unet, sample, t, context, text_embeds, time_ids):
-    """conv_in, the time and text_time embeddings, the down blocks and the mid
-    block, as UNet2DConditionModel.forward runs them (tools/make_references.py)."""
-    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=t))
-    emb = emb + unet.get_aug_embed(emb=emb, encoder_hidden_states=context,
-                                   added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})
-    h = unet.conv_in(sample)
-    for block in unet.down_blocks:
-        if getattr(block, "has_cross_attention", False):
-            h, _ = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
-        else:
-            h, _ = block(hidden_states=h, temb=emb)
-    return unet.mid_block(h, emb, encoder_hidden_states=context)
 
 
 CONSTANT = 32.0  # the constant feature channel of init_passthrough

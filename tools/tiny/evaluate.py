@@ -12,29 +12,15 @@ import os
 import time
 
 import numpy as np
-from PIL import Image
 
 import d3sr
 from d3sr import metrics
 from d3sr._demo import bicubic_upscale, downscale
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LONG_SIDE = 1280  # the training scale (tools/train_tiny.py)
-
-
-def held_out():
-    with open(os.path.join(ROOT, "tools", "tiny", "photos.tsv"), encoding="utf-8") as f:
-        rows = [line.rstrip("\n").split("\t") for line in f if line.strip() and not line.startswith("#")]
-    return [r[2] for r in rows if r[0] == "held_out"]
-
+from photos import load_photo, read_photo_list  # tools/tiny/photos.py, beside this script
 
 def load(path: str) -> np.ndarray:
-    image = Image.open(path).convert("RGB")
-    w, h = image.size
-    if max(w, h) > LONG_SIDE:
-        factor = LONG_SIDE / max(w, h)
-        image = image.resize((round(w * factor), round(h * factor)), Image.LANCZOS)
-    rgb = np.asarray(image)
+    """A held-out photo at the training scale, cropped to a multiple of 4 (x4)."""
+    rgb = load_photo(path)
     return np.ascontiguousarray(rgb[:rgb.shape[0] // 4 * 4, :rgb.shape[1] // 4 * 4])
 
 
@@ -48,7 +34,7 @@ def main() -> None:
     print("| held-out photo (x4) | bicubic PSNR / SSIM | d3sr-tiny PSNR / SSIM | gain dB |")
     print("|---|---|---|---|")
     totals = []
-    for path in held_out():
+    for path in read_photo_list("held_out"):
         hr = load(path)
         lr = downscale(hr)
         sr, bic = upscaler.upscale(lr), bicubic_upscale(lr)
