@@ -36,6 +36,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from ._tiling import COLOR_FIXES
 from ._weights import WeightFile, bf16_to_float32, read_json
 
 CONFIG_NAME = "d3sr.json"
@@ -76,6 +77,9 @@ GENERATOR_DEFAULTS: Dict[str, Any] = {
     "latent_formula": "epsilon",
     "scaling_factor": 0.18215,
     "schedule": SD_SCHEDULE,
+    # What Upscaler.upscale(color_fix="default") applies: null, "adain" or "wavelet". A model
+    # trained to be scored after a colour fix names it here (d3sr-tiny: "wavelet").
+    "color_fix": None,
 }
 
 LATENT_FORMULAS = ("epsilon", "residual")
@@ -140,6 +144,8 @@ def read_generator_config(folder: str) -> dict:
         raise ValueError(f"{where}: timestep must be an integer in [0, 999], not {t!r}")
     if not isinstance(config["latent_formula"], str) or config["latent_formula"] not in LATENT_FORMULAS:
         raise ValueError(f"{where}: latent_formula must be one of {LATENT_FORMULAS}, not {config['latent_formula']!r}")
+    if config["color_fix"] not in COLOR_FIXES:
+        raise ValueError(f"{where}: color_fix must be null, \"adain\" or \"wavelet\", not {config['color_fix']!r}")
     return config
 
 

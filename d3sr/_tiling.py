@@ -54,10 +54,13 @@ def check_overlap(overlap, tile: Optional[int], name: str = "latent_overlap") ->
     return overlap
 
 
-def check_color_fix(color_fix) -> Optional[str]:
+def check_color_fix(color_fix, default: Optional[str]) -> Optional[str]:
+    """Upscaler.upscale's color_fix, with 'default' replaced by the checkpoint's (default)."""
+    if isinstance(color_fix, str) and color_fix == "default":
+        return default
     if color_fix is None or (isinstance(color_fix, str) and color_fix in COLOR_FIXES):
         return color_fix
-    raise ValueError(f"color_fix must be None, 'adain' or 'wavelet', not {color_fix!r}")
+    raise ValueError(f"color_fix must be 'default', None, 'adain' or 'wavelet', not {color_fix!r}")
 
 
 VAE_STATISTICS = ("exact", "estimated")

@@ -61,7 +61,7 @@ class Upscaler:
 
     def upscale(self, image: np.ndarray, scale: int = 4, *, latent_tile: Optional[int] = 96,
                 latent_overlap: int = 32, encoder_tile: Optional[int] = 1024, decoder_tile: Optional[int] = 224,
-                color_fix: Optional[str] = None, vae_statistics: str = "exact", progress=None) -> np.ndarray:
+                color_fix: Optional[str] = "default", vae_statistics: str = "exact", progress=None) -> np.ndarray:
         """Super-resolves an image: H x W x 3 (or N x H x W x 3), uint8 or float32
         in [0, 1]; returns the same kind at scale times the size.
 
@@ -70,7 +70,9 @@ class Upscaler:
         (pixels) and decoder_tile (latent pixels) for the VAE. A stage tiles only
         when the image is larger than its tile; None turns its tiling off.
         color_fix: None, 'adain' or 'wavelet' (StableSR's), against the
-        bicubic-upsampled input. vae_statistics: where a tiled VAE stage's
+        bicubic-upsampled input; 'default': the checkpoint's d3sr.json
+        color_fix (None unless it names one; d3sr-tiny's is 'wavelet',
+        what it was trained to be scored with). vae_statistics: where a tiled VAE stage's
         GroupNorm layers get the image's statistics: 'exact' (pooled layer by
         layer over the tiles, which wait parked in host memory: about 1.5x the
         stage's activations of the whole image) or 'estimated' (from one small
@@ -84,7 +86,7 @@ class Upscaler:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
         latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
                                                                                encoder_tile, decoder_tile)
-        color_fix = tiling.check_color_fix(color_fix)
+        color_fix = tiling.check_color_fix(color_fix, self.config["color_fix"])
         statistics = tiling.check_vae_statistics(vae_statistics)
         n, h, w, _ = images.shape
         if h < MIN_SIDE or w < MIN_SIDE:

@@ -315,8 +315,9 @@ def _upscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="VAE encoder tile in pixels, a multiple of 8, or 'none' (default 1024)")
     p.add_argument("--decoder-tile", type=_tile_size, default=224,
                    help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default 224)")
-    p.add_argument("--color-fix", default="none", choices=("none", "adain", "wavelet"),
-                   help="StableSR's colour fix against the bicubic-upsampled input (default none)")
+    p.add_argument("--color-fix", default="default", choices=("default", "none", "adain", "wavelet"),
+                   help="StableSR's colour fix against the bicubic-upsampled input; default: the checkpoint's "
+                        "(d3sr-tiny: wavelet; none unless its d3sr.json names one)")
     p.add_argument("--vae-statistics", default="exact", choices=("exact", "estimated"),
                    help="GroupNorm statistics of a tiled VAE stage: exact (pooled over the tiles, parked in memory "
                         "meanwhile; default) or estimated (from a small pass over the resampled image: one tile's "

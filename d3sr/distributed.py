@@ -447,8 +447,8 @@ def upscale_command(args) -> int:
     if getattr(args, "format", "png") != "png":
         raise CommandError(f"--format {args.format}: with --ray the outputs are PNG files")
     options = {name: getattr(args, name) for name in TILE_OPTIONS if hasattr(args, name)}
-    if getattr(args, "color_fix", None) not in (None, "none"):
-        options["color_fix"] = args.color_fix
+    if hasattr(args, "color_fix"):
+        options["color_fix"] = None if args.color_fix == "none" else args.color_fix
     if hasattr(args, "vae_statistics"):
         options["vae_statistics"] = args.vae_statistics
     try:

@@ -549,6 +549,8 @@ def test_deeply_nested_json_is_a_value_error(tmp_path, name):
     ({"scaling_factor": 1e999}, "not valid JSON"),
     ({"latent_formula": ["epsilon"]}, "latent_formula must be one of"),
     ({"schedule": {"beta_end": 1.5}}, "beta_end must be a number in"),
+    ({"color_fix": "none"}, "color_fix must be null"),
+    ({"color_fix": ["wavelet"]}, "color_fix must be null"),
 ])
 def test_bad_d3sr_json_fields_are_value_errors(tmp_path, changes, message):
     from d3sr._checkpoint import read_generator_config

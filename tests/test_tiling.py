@@ -1,6 +1,7 @@
 """The tiled generator: argument checks, OSEDiff's latent tiling, GroupNorm
 statistics pooled over tiles, StableSR's colour fix (references from
 tools/make_tiling_references.py) and tiled against untiled VAEs."""
+import json
 import os
 from typing import Sequence
 
@@ -37,6 +38,25 @@ def ref():
 def test_bad_tiling_arguments(upscaler, kwargs, match):
     with pytest.raises(ValueError, match=match):
         upscaler.upscale(np.zeros((8, 8, 3), np.uint8), **kwargs)
+
+
+def test_color_fix_default_is_the_checkpoints(tmp_path, upscaler):
+    image = (testing.random_images((1, 3, 20, 26), seed=6).transpose(0, 2, 3, 1) + 1) / 2
+    plain = upscaler.upscale(image, scale=2)
+    assert upscaler.config["color_fix"] is None
+    np.testing.assert_array_equal(plain, upscaler.upscale(image, scale=2, color_fix=None))
+    config = json.load(open(os.path.join(CKPT, "d3sr.json")))   # its paths are relative to CKPT
+    config = {k: os.path.join(CKPT, v) if isinstance(v, str) and k != "type" else v for k, v in config.items()}
+    with open(tmp_path / "d3sr.json", "w") as f:
+        json.dump({**config, "color_fix": "wavelet"}, f)
+    fixing = d3sr.Upscaler.load(str(tmp_path))
+    wavelet = upscaler.upscale(image, scale=2, color_fix="wavelet")
+    assert not np.array_equal(plain, wavelet)
+    np.testing.assert_array_equal(fixing.upscale(image, scale=2), wavelet)
+    np.testing.assert_array_equal(fixing.upscale(image, scale=2, color_fix="default"), wavelet)
+    np.testing.assert_array_equal(fixing.upscale(image, scale=2, color_fix=None), plain)
+    np.testing.assert_array_equal(fixing.upscale(image, scale=2, color_fix="adain"),
+                                  upscaler.upscale(image, scale=2, color_fix="adain"))
 
 
 def test_images_smaller_than_every_tile_are_unchanged(upscaler):
