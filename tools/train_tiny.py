@@ -23,19 +23,28 @@ Two stages, because a 2-core machine gives about an hour (a few hundred steps):
    builds the VAE around them (main path linear, residual branches zero, the
    UNet's output zero), so the generator starts a little above bicubic;
 2. the D3SR losses on random crops (most textured of three), Adam, EMA:
-    generator: L1(SR, HR) + W_EDGE L1(|Sobel SR|, |Sobel HR|)        (pixel + edge-aware)
-             + w_rec [L1 + W_EDGE Sobel L1](D(E(HR)), HR)              (the VAE stays an autoencoder)
+    generator: L1(CF(SR), HR) + w_edge L1(|Sobel CF(SR)|, |Sobel HR|)  (pixel + edge-aware)
+             + w_low L1(mean4x4(SR), mean4x4(HR))                     (colour: the raw output too)
+             + w_rec [L1 + w_edge Sobel L1](D(E(HR)), HR)             (the VAE stays an autoencoder)
              + w_adv softplus(-D(F(z_H, t)))                          (after ADV_START of the steps)
     discriminator: softplus(-D(F(E(HR), t))) + softplus(D(F(z_H, t)))
                    (+ the bicubic latents z_L as fakes too: blur is what it must learn to see)
    The VAE layers of the linear main path stay frozen (FROZEN says why).
+   CF is StableSR's wavelet colour fix against the bicubic input (--color-fix wavelet:
+   SR's high frequencies over the input's low ones), which the exported d3sr.json names
+   as the model's default, so the loss scores what Upscaler.upscale returns. Without it
+   the generator drifted in colour and brightness on whole photos (mean offsets of
+   0.3-0.7 levels, a low-pass error 10-20 dB above bicubic's) and lost to bicubic.
+
+Recipes and checkpoints are chosen on the validation split of photos.tsv (whole photos,
+validate()); the held-out split is only scored, by tools/tiny/evaluate.py.
 
 EA-DISTS needs ImageNet VGG weights, which cannot be had offline; the
 edge-aware term here is the L1 distance of Sobel gradient magnitudes (the
 edge map EA-DISTS compares), on every colour channel.
 
-    python tools/train_tiny.py --work WORKDIR --steps 200 --seed 0
-    python tools/train_tiny.py --work WORKDIR --export d3sr/models/tiny [--checkpoint WORKDIR/ema_000400.pt]
+    python tools/train_tiny.py --work WORKDIR --seed 0                 # the shipped model: the defaults
+    python tools/train_tiny.py --work WORKDIR --export d3sr/models/tiny [--checkpoint WORKDIR/ema_000600.pt]
 """
 from __future__ import annotations
 
@@ -114,8 +123,6 @@ DISC_CONFIG = {
 }
 HEAD_HIDDEN = 32
 
-# Loss weights.
-W_EDGE = 0.5             # the weights of the HR reconstruction and adversarial terms are arguments
 WARMUP = 20              # steps of linear learning-rate warm-up: larger first steps wrecked init_passthrough
 ADV_START = 0.25         # fraction of the steps before the adversarial term starts
 T_MAX = 750              # discriminator timesteps t ~ U[0, T_MAX): above, F(z, t) is nearly all noise
@@ -139,8 +146,8 @@ def upsample(lr: np.ndarray) -> np.ndarray:
 class Crops:
     """Random HR crops (flips, 90-degree turns) with their LR and bicubic inputs."""
 
-    def __init__(self, photos, crop: int, seed: int):
-        self.photos, self.crop = photos, crop
+    def __init__(self, photos, crop: int, seed: int, candidates: int):
+        self.photos, self.crop, self.candidates = photos, crop, candidates
         areas = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
         self.weights = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
@@ -148,10 +155,9 @@ class Crops:
     def batch(self, n: int):
         hrs = []
         for _ in range(n):
-            # of three random crops the most textured: wallpapers have wide flat areas (sky,
-            # bokeh) that bicubic already gets right and that teach the model little
+            # of `candidates` random crops the most textured (1: uniform crops)
             candidates = []
-            for _ in range(3):
+            for _ in range(self.candidates):
                 photo = self.photos[self.rng.choice(len(self.photos), p=self.weights)]
                 y = self.rng.integers(0, photo.shape[0] - self.crop + 1)
                 x = self.rng.integers(0, photo.shape[1] - self.crop + 1)
@@ -170,6 +176,18 @@ def texture(hr: np.ndarray) -> float:
     """Mean absolute horizontal and vertical difference of a uint8 crop."""
     a = hr.astype(np.float32)
     return float(np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean())
+
+
+WAVELET_KERNEL = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0])) / 16
+
+
+def wavelet_low(x: torch.Tensor) -> torch.Tensor:
+    """The low-frequency part of StableSR's wavelet colour fix, as d3sr's color_fix='wavelet'
+    computes it: five 3x3 binomial blurs with dilation 1, 2, 4, 8, 16 (replicate padding)."""
+    kernel = WAVELET_KERNEL.to(x.dtype).expand(x.shape[1], 1, 3, 3)
+    for r in (1, 2, 4, 8, 16):
+        x = F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), kernel, dilation=r, groups=x.shape[1])
+    return x
 
 
 def to_tensor(hr_uint8: np.ndarray) -> torch.Tensor:
@@ -220,11 +238,11 @@ def linear_path(up, kernels):
     return _depthwise(F.interpolate(h, scale_factor=2, mode="nearest"), k_up2)
 
 
-def fit_linear_path(photos, seed: int, steps: int = 1200):
+def fit_linear_path(photos, seed: int, candidates: int, steps: int = 1200):
     """Stage 1: the six 3x3 kernels of linear_path fitted (Adam, MSE away from the border) to
     map the bicubic input to the HR crop on training crops, starting from identity, 2x2 box
     and bilinear tent kernels. Returns them and the PSNR (RGB) of the fit and of bicubic."""
-    crops = Crops(photos, 64, seed + 2)
+    crops = Crops(photos, 64, seed + 2, candidates)
     batches = []
     for _ in range(8):
         hr, lr = crops.batch(16)
@@ -418,29 +436,37 @@ def psnr_y(sr: np.ndarray, hr: np.ndarray, crop: int = 4) -> float:
 
 
 def textured_crops(photo: np.ndarray, size: int, count: int):
-    """The count most textured size x size tiles of a photo's grid (deterministic)."""
+    """The count most textured size x size tiles of a photo's grid (deterministic; the test crops)."""
     h, w = photo.shape[:2]
     tiles = [photo[y:y + size, x:x + size] for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
     return sorted(tiles, key=texture, reverse=True)[:count]
 
 
 def validation_set():
-    """Fixed 128x128 crops of the held-out photos (the four most textured of each)."""
+    """The whole photos of the validation split (tools/tiny/photos.tsv), cropped to multiples
+    of 4: checkpoints and recipes are chosen on these, never on the held-out photos."""
     hrs = []
-    for path in read_photo_list("held_out"):
-        hrs += textured_crops(load_photo(path), 128, 4)
-    hr = np.stack(hrs)
-    return hr, np.stack([downscale(h) for h in hrs])
+    for path in read_photo_list("validation"):
+        photo = load_photo(path)
+        hrs.append(np.ascontiguousarray(photo[:photo.shape[0] // SCALE * SCALE, :photo.shape[1] // SCALE * SCALE]))
+    return hrs, [downscale(h) for h in hrs]
 
 
 @torch.no_grad()
-def validate(models, hr, lr):
-    up = upsample(lr)
-    _, _, sr = models.generate(torch.from_numpy(up))
-    sr = np.round((sr.clamp(-1, 1).numpy().transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8)
-    bic = np.round((up.transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8)
-    return (float(np.mean([psnr_y(s, h) for s, h in zip(sr, hr)])),
-            float(np.mean([psnr_y(b, h) for b, h in zip(bic, hr)])))
+def validate(models, hrs, lrs, color_fix: str):
+    """Mean PSNR (Y, crop 4) of the generator (after its colour fix) and of bicubic over the
+    validation photos, each run whole as evaluate.py runs the held-out ones (GroupNorm sees
+    the whole image)."""
+    scores = []
+    for hr, lr in zip(hrs, lrs):
+        up = upsample(lr[None])
+        _, _, sr = models.generate(torch.from_numpy(up))
+        if color_fix == "wavelet":
+            sr = sr - wavelet_low(sr) + wavelet_low(torch.from_numpy(up))
+        sr = np.round((sr.clamp(-1, 1)[0].numpy().transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+        bic = np.round((up[0].transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+        scores.append((psnr_y(sr, hr), psnr_y(bic, hr)))
+    return tuple(float(v) for v in np.mean(scores, axis=0))
 
 
 def train(args) -> None:
@@ -451,7 +477,7 @@ def train(args) -> None:
     photos = [load_photo(p) for p in read_photo_list("train")]
     print(f"{len(photos)} training photos loaded in {time.time() - t0:.0f} s", flush=True)
     val_hr, val_lr = validation_set()
-    crops = Crops(photos, args.crop, args.seed)
+    crops = Crops(photos, args.crop, args.seed, args.candidates)
     resume = os.path.join(args.work, "last.pt")
     resuming = os.path.exists(resume) and not args.fresh
     torch.manual_seed(args.seed)
@@ -459,7 +485,7 @@ def train(args) -> None:
         kernels = [torch.zeros(1, 1, 3, 3)] * 6
     else:
         start = time.time()
-        kernels, fit_psnr, bicubic_psnr = fit_linear_path(photos, args.seed)
+        kernels, fit_psnr, bicubic_psnr = fit_linear_path(photos, args.seed, args.candidates)
         print(f"stage 1: linear path fitted in {time.time() - start:.0f} s: {fit_psnr:.2f} dB RGB on its crops "
               f"(bicubic {bicubic_psnr:.2f} dB)", flush=True)
     models = Models(args.seed, kernels)
@@ -475,6 +501,9 @@ def train(args) -> None:
         crops.rng = state["rng"]
         print(f"resumed at step {step}", flush=True)
     torch.manual_seed(args.seed + step)
+    if step == 0:
+        print("validation PSNR of the starting point, model and bicubic: %.3f %.3f" % validate(ema, val_hr, val_lr, args.color_fix),
+              flush=True)
     log = open(os.path.join(args.work, "log.csv"), "a", newline="")
     writer = csv.writer(log)
     t_start = time.time()
@@ -493,28 +522,36 @@ def train(args) -> None:
         z_r = models.encode(hr)
         rec = models.vae.decode(z_r / SCALING_FACTOR).sample
         edges_hr = sobel_magnitude(hr)
-        loss_pix = F.l1_loss(sr, hr)
-        loss_edge = F.l1_loss(sobel_magnitude(sr), edges_hr)
-        loss_rec = F.l1_loss(rec, hr) + W_EDGE * F.l1_loss(sobel_magnitude(rec), edges_hr)
+        # With --color-fix wavelet the pixel and edge terms score what the Upscaler returns with
+        # color_fix="wavelet": the generator's high frequencies over the bicubic input's low ones.
+        fixed = sr - wavelet_low(sr) + wavelet_low(up) if args.color_fix == "wavelet" else sr
+        loss_pix = F.l1_loss(fixed, hr)
+        loss_edge = F.l1_loss(sobel_magnitude(fixed), edges_hr)
+        loss_rec = F.l1_loss(rec, hr) + args.w_edge * F.l1_loss(sobel_magnitude(rec), edges_hr)
         t = torch.randint(0, T_MAX, (args.batch,))
         loss_adv = F.softplus(-models.score(z_h, t, torch.randn_like(z_h))).mean() if adversarial else torch.zeros(())
-        loss_g = (loss_pix + W_EDGE * loss_edge + args.w_rec * loss_rec + args.w_adv * loss_adv)
+        loss_low = F.l1_loss(F.avg_pool2d(sr, SCALE), F.avg_pool2d(hr, SCALE))
+        loss_g = (loss_pix + args.w_edge * loss_edge + args.w_low * loss_low + args.w_rec * loss_rec
+                  + args.w_adv * loss_adv)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         torch.nn.utils.clip_grad_norm_(models.generator_parameters(), 1.0)
         opt_g.step()
 
-        # discriminator step: real E(HR), fake z_H and (a clear "blurry" example) the bicubic latents z_L
+        # discriminator steps: real E(HR), fake z_H and (a clear "blurry" example) the bicubic
+        # latents z_L; each of the --d-steps draws new timesteps and noise for the same latents
+        # (the trunk works on 1/4-size latents: a step costs a fraction of the generator's)
         models.disc.requires_grad_(True); models.head.requires_grad_(True)
         real, fake = z_r.detach(), torch.cat([z_h.detach(), z_l.detach()])
-        t = torch.randint(0, T_MAX, (len(real) + len(fake),))
         z_all = torch.cat([real, fake])
-        logits = models.score(z_all, t, torch.randn_like(z_all))
-        loss_d = F.softplus(-logits[:len(real)]).mean() + F.softplus(logits[len(real):]).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        torch.nn.utils.clip_grad_norm_(models.discriminator_parameters(), 1.0)
-        opt_d.step()
+        for _ in range(args.d_steps):
+            t = torch.randint(0, T_MAX, (len(z_all),))
+            logits = models.score(z_all, t, torch.randn_like(z_all))
+            loss_d = F.softplus(-logits[:len(real)]).mean() + F.softplus(logits[len(real):]).mean()
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            torch.nn.utils.clip_grad_norm_(models.discriminator_parameters(), 1.0)
+            opt_d.step()
 
         with torch.no_grad():
             decay = min(args.ema, (1 + step) / (10 + step))
@@ -522,10 +559,10 @@ def train(args) -> None:
                 e.lerp_(p, 1 - decay)
         step += 1
         row = [step, round(time.time() - t_start, 1), lr] + [round(float(v.detach()), 5) for v in
-                                                             (loss_pix, loss_edge, loss_rec, loss_adv, loss_d)]
+                                                             (loss_pix, loss_edge, loss_low, loss_rec, loss_adv, loss_d)]
         val = ["", ""]
         if step % args.validate_every == 0 or step == args.steps:
-            val = [round(v, 3) for v in validate(ema, val_hr, val_lr)]
+            val = [round(v, 3) for v in validate(ema, val_hr, val_lr, args.color_fix)]
         writer.writerow(row + val)
         log.flush()
         history.append(row + val)
@@ -537,7 +574,8 @@ def train(args) -> None:
                      "args": vars(args)}
             torch.save(state, os.path.join(args.work, "last.tmp"))
             os.replace(os.path.join(args.work, "last.tmp"), resume)
-            torch.save({"ema": ema.state_dict(), "step": step}, os.path.join(args.work, f"ema_{step:06d}.pt"))
+            torch.save({"ema": ema.state_dict(), "step": step, "color_fix": args.color_fix},
+                       os.path.join(args.work, f"ema_{step:06d}.pt"))
     log.close()
 
 
@@ -554,11 +592,14 @@ def _save_model(folder: str, config: dict, state: dict) -> None:
     save_file(tensors, os.path.join(folder, "diffusion_pytorch_model.fp16.safetensors"))
 
 
-def export(checkpoint: str, out: str) -> None:
-    """Writes the EMA weights of a checkpoint as d3sr checkpoint folders (fp16)."""
+def export(checkpoint: str, out: str, color_fix: str) -> None:
+    """Writes the EMA weights of a checkpoint as d3sr checkpoint folders (fp16). The generator's
+    d3sr.json names the colour fix it was trained to be scored with (the checkpoint's own record,
+    else color_fix), so Upscaler.upscale applies it by default."""
     from safetensors.torch import save_file
 
     state = torch.load(checkpoint, weights_only=False)
+    color_fix = state.get("color_fix", state.get("args", {}).get("color_fix", color_fix))
     ema = state["ema"]
     part = lambda prefix: {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
     gen, disc = os.path.join(out, "generator"), os.path.join(out, "discriminator")
@@ -568,7 +609,8 @@ def export(checkpoint: str, out: str) -> None:
               os.path.join(gen, "text_embedding.safetensors"))
     with open(os.path.join(gen, "d3sr.json"), "w") as f:
         json.dump({"type": "generator", "timestep": TIMESTEP, "latent_formula": "epsilon",
-                   "scaling_factor": SCALING_FACTOR}, f, indent=2)
+                   "scaling_factor": SCALING_FACTOR, "color_fix": None if color_fix == "none" else color_fix},
+                  f, indent=2)
         f.write("\n")
     _save_model(os.path.join(disc, "unet"), DISC_CONFIG, part("disc."))
     save_file({k: v.to(torch.float16).contiguous() for k, v in part("head.").items()},
@@ -585,23 +627,31 @@ def export(checkpoint: str, out: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="folder for checkpoints and the log (outside the repo)")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=64, help="HR crop side (a multiple of 32)")
-    parser.add_argument("--lr", type=float, default=7e-4)
+    parser.add_argument("--candidates", type=int, default=3,
+                        help="each crop is the most textured of this many random ones (1: uniform crops)")
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--w-edge", type=float, default=0.1, help="weight of the Sobel edge term")
+    parser.add_argument("--w-low", type=float, default=1.0,
+                        help="weight of the L1 distance of 4x4 means of SR and HR (colour and low frequencies)")
+    parser.add_argument("--color-fix", choices=["none", "wavelet"], default="wavelet",
+                        help="score the generator's output after this colour fix (the model's d3sr.json default)")
     parser.add_argument("--w-rec", type=float, default=0.1, help="weight of the VAE's HR reconstruction loss")
-    parser.add_argument("--w-adv", type=float, default=0.005, help="weight of the adversarial loss")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--validate-every", type=int, default=25)
-    parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--w-adv", type=float, default=0.0005, help="weight of the adversarial loss")
+    parser.add_argument("--d-steps", type=int, default=1, help="discriminator steps per generator step")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the result depends on it)")
+    parser.add_argument("--validate-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--fresh", action="store_true", help="ignore WORK/last.pt")
     parser.add_argument("--export", help="write the d3sr checkpoint folders here instead of training")
     parser.add_argument("--checkpoint", help="with --export: the checkpoint (default WORK/last.pt)")
     args = parser.parse_args()
     if args.export:
-        export(args.checkpoint or os.path.join(args.work, "last.pt"), args.export)
+        export(args.checkpoint or os.path.join(args.work, "last.pt"), args.export, args.color_fix)
     else:
         train(args)
 

@@ -28,16 +28,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="generator folder (default: d3sr-tiny)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--color-fix", default="default", choices=["default", "none", "adain", "wavelet"],
+                        help="default: the checkpoint's own (d3sr-tiny: wavelet)")
+    parser.add_argument("--split", default="held_out", help="photos.tsv split: held_out, or validation (recipe choices)")
     args = parser.parse_args()
     d3sr.set_num_threads(args.threads)
     upscaler = d3sr.Upscaler.load(args.checkpoint)
-    print("| held-out photo (x4) | bicubic PSNR / SSIM | d3sr-tiny PSNR / SSIM | gain dB |")
+    print(f"| {args.split.replace('_', '-')} photo (x4) | bicubic PSNR / SSIM | d3sr-tiny PSNR / SSIM | gain dB |")
     print("|---|---|---|---|")
     totals = []
-    for path in read_photo_list("held_out"):
+    for path in read_photo_list(args.split):
         hr = load(path)
         lr = downscale(hr)
-        sr, bic = upscaler.upscale(lr), bicubic_upscale(lr)
+        color_fix = None if args.color_fix == "none" else args.color_fix
+        sr, bic = upscaler.upscale(lr, color_fix=color_fix), bicubic_upscale(lr)
         scores = [(metrics.psnr(x, hr, crop_border=4), metrics.ssim(x, hr, crop_border=4)) for x in (bic, sr)]
         totals.append([v for pair in scores for v in pair])
         name = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(path)))) if "contents" in path \

@@ -14,7 +14,7 @@ LONG_SIDE = 1280  # photos are resized (Lanczos) to this longer side: the HR ima
 
 
 def read_photo_list(split: str) -> List[str]:
-    """Paths of the photos of a split ('train' or 'held_out')."""
+    """Paths of the photos of a split ('train', 'validation' or 'held_out')."""
     rows = []
     with open(PHOTOS, encoding="utf-8") as f:
         for line in f:

@@ -3,10 +3,10 @@ matplotlib is not at hand everywhere).
 
     python tools/tiny/plot_losses.py WORKDIR/log.csv -o docs/d3sr_tiny_training.png
 
-Left: the generator's losses (pixel L1, Sobel-edge L1, the VAE's HR reconstruction,
-the adversarial term) and the discriminator's BCE, each a 25-step moving average.
-Right: PSNR (Y, border 4) of the EMA generator and of bicubic on the held-out
-validation crops, as logged.
+Left: the generator's losses (pixel L1, Sobel-edge L1, the L1 of 4x4 means, the VAE's
+HR reconstruction, the adversarial term) and the discriminator's BCE, each a 25-step
+moving average. Right: mean PSNR (Y, border 4) of the EMA generator and of bicubic on
+the whole validation photos, as logged.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import csv
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-SERIES = [("pixel L1", 3, (31, 119, 180)), ("edge L1", 4, (255, 127, 14)), ("HR reconstruction", 5, (44, 160, 44)),
-          ("adversarial (G)", 6, (214, 39, 40)), ("discriminator", 7, (148, 103, 189))]
+SERIES = [("pixel L1", 3, (31, 119, 180)), ("edge L1", 4, (255, 127, 14)), ("4x4-mean L1", 5, (140, 86, 75)),
+          ("HR reconstruction", 6, (44, 160, 44)), ("adversarial (G)", 7, (214, 39, 40)),
+          ("discriminator", 8, (148, 103, 189))]
 W, H, MARGIN = 620, 420, 60
 
 
@@ -25,7 +26,7 @@ def read(path: str):
     rows = [r for r in csv.reader(open(path)) if r]
     steps = np.array([float(r[0]) for r in rows])
     columns = {i: np.array([float(r[i]) for r in rows]) for _, i, _ in SERIES}
-    val = [(float(r[0]), float(r[8]), float(r[9])) for r in rows if len(r) > 9 and r[8] != ""]
+    val = [(float(r[0]), float(r[9]), float(r[10])) for r in rows if len(r) > 10 and r[9] != ""]
     return steps, columns, val
 
 
@@ -80,7 +81,7 @@ def main() -> None:
     panel(draw, font, 0, "training losses (25-step mean)", steps, curves, "loss (log scale)", log=True)
     if val:
         v = np.array(val)
-        panel(draw, font, W, "held-out validation crops", v[:, 0],
+        panel(draw, font, W, "validation photos (whole)", v[:, 0],
               [("d3sr-tiny (EMA)", v[:, 1], (31, 119, 180)), ("bicubic", v[:, 2], (120, 120, 120))], "PSNR-Y dB")
     image.save(args.output)
     print(f"wrote {args.output}")
