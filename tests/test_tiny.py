@@ -64,9 +64,11 @@ def test_default_and_tiny_name_the_builtin_model(upscaler):
 
 def test_beats_bicubic_psnr_on_held_out_photos(crops):
     gains = [metrics.psnr(sr, hr, crop_border=4) - metrics.psnr(bic, hr, crop_border=4) for hr, bic, sr in crops]
-    # Issue 11 asks for 0.5 dB (goal 1.5); the shipped model, trained for minutes on a shared
-    # 2-core machine, reaches about 0.16 (README, d3sr-tiny): this guards what it does reach.
-    assert np.mean(gains) >= 0.1, gains
+    # On the whole held-out photos the shipped model gains +0.55 dB on average (README, d3sr-tiny;
+    # tools/tiny/evaluate.py); on these three textured crops +0.39, +0.45, +0.39 (its default
+    # colour fix; +0.37 to +0.44 without it). The bound guards that with a margin for other
+    # processors' last bits, which move a crop's PSNR by far less than 0.1 dB.
+    assert np.mean(gains) >= 0.3, gains
 
 
 def test_beats_bicubic_ssim_on_held_out_photos(crops):
@@ -81,9 +83,9 @@ def test_gradients_closer_to_the_original_than_bicubic(crops):
     assert sr_gap < bic_gap
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the shipped discriminator, trained for 200 steps against the "
-                   "generator's latents, scores bicubic upsamplings slightly above the photos (README, d3sr-tiny)")
 def test_discriminator_scores_photos_above_their_bicubic_upsamplings(crops):
+    # measured: 0.766 against 0.752 at t = 250 (photos above bicubic on each crop, for noise seeds
+    # 0-2 and at t = 100 and 500 too)
     disc = Discriminator.load("tiny")
     originals = np.stack([hr for hr, _, _ in crops])
     bicubics = np.stack([bic for _, bic, _ in crops])
@@ -95,7 +97,7 @@ def test_discriminator_scores_photos_above_their_bicubic_upsamplings(crops):
 
 def test_c_core_matches_diffusers_on_the_same_weights(upscaler):
     ref = load_file(os.path.join(DATA, "reference.safetensors"))
-    out = upscaler.upscale(ref["lr"].astype(np.float32) / 255)
+    out = upscaler.upscale(ref["lr"].astype(np.float32) / 255, color_fix=None)   # the reference is the raw pipeline
     assert np.linalg.norm(out - ref["output"]) / np.linalg.norm(ref["output"]) <= 1e-4
 
     logits = Discriminator.load("tiny").score_latents(ref["z"], ref["t"], noise=ref["noise"])
