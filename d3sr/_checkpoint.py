@@ -36,7 +36,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ._tiling import COLOR_FIXES
+from ._tiling import COLOR_FIXES, TILE_NAMES, check_tiles
 from ._weights import WeightFile, bf16_to_float32, read_json
 
 CONFIG_NAME = "d3sr.json"
@@ -80,6 +80,12 @@ GENERATOR_DEFAULTS: Dict[str, Any] = {
     # What Upscaler.upscale(color_fix="default") applies: null, "adain" or "wavelet". A model
     # trained to be scored after a colour fix names it here (d3sr-tiny: "wavelet").
     "color_fix": None,
+    # Upscaler.upscale's tiles when called with "default" (null: that stage never tiles).
+    # OSEDiff's, sized for SD 2.1's memory; a small model can afford larger ones.
+    "latent_tile": 96,
+    "latent_overlap": 32,
+    "encoder_tile": 1024,
+    "decoder_tile": 224,
 }
 
 LATENT_FORMULAS = ("epsilon", "residual")
@@ -146,6 +152,13 @@ def read_generator_config(folder: str) -> dict:
         raise ValueError(f"{where}: latent_formula must be one of {LATENT_FORMULAS}, not {config['latent_formula']!r}")
     if config["color_fix"] not in COLOR_FIXES:
         raise ValueError(f"{where}: color_fix must be null, \"adain\" or \"wavelet\", not {config['color_fix']!r}")
+    for name in TILE_NAMES:
+        if isinstance(config[name], str):  # "default" is upscale's word for this very field
+            raise ValueError(f"{where}: {name} must be an integer or null, not {config[name]!r}")
+    try:
+        check_tiles(*(config[name] for name in TILE_NAMES), {})
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     return config
 
 

@@ -54,6 +54,20 @@ def check_overlap(overlap, tile: Optional[int], name: str = "latent_overlap") ->
     return overlap
 
 
+TILE_NAMES = ("latent_tile", "latent_overlap", "encoder_tile", "decoder_tile")
+
+
+def check_tiles(latent_tile, latent_overlap, encoder_tile, decoder_tile, defaults: dict):
+    """Upscaler.upscale's tile arguments checked, each 'default' replaced by defaults[name]
+    (the checkpoint's d3sr.json)."""
+    given = dict(zip(TILE_NAMES, (latent_tile, latent_overlap, encoder_tile, decoder_tile)))
+    values = {name: defaults[name] if isinstance(v, str) and v == "default" else v for name, v in given.items()}
+    latent_tile = check_tile(values["latent_tile"], "latent_tile", MIN_LATENT_TILE)
+    return (latent_tile, check_overlap(values["latent_overlap"], latent_tile),
+            check_tile(values["encoder_tile"], "encoder_tile", MIN_ENCODER_TILE),
+            check_tile(values["decoder_tile"], "decoder_tile", MIN_DECODER_TILE))
+
+
 def check_color_fix(color_fix, default: Optional[str]) -> Optional[str]:
     """Upscaler.upscale's color_fix, with 'default' replaced by the checkpoint's (default)."""
     if isinstance(color_fix, str) and color_fix == "default":

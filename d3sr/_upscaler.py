@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ._unet import UNet
 from ._vae import VAE
 
 MIN_SIDE = 8
+TileSize = Union[int, None, str]  # pixels or latent pixels; None: no tiling; "default": the checkpoint's
 # Latent pixels the UNet runs in one batch of tiles: one default tile on the CPU
 # (a batch saves nothing there), eight on a GPU.
 _LATENT_BATCH_PIXELS = {"cpu": 96 * 96, "cuda": 8 * 96 * 96}
@@ -59,16 +60,18 @@ class Upscaler:
         embedding = read_text_embedding(config["text_embedding"], unet.config["cross_attention_dim"])
         return cls(vae, unet, embedding, config)
 
-    def upscale(self, image: np.ndarray, scale: int = 4, *, latent_tile: Optional[int] = 96,
-                latent_overlap: int = 32, encoder_tile: Optional[int] = 1024, decoder_tile: Optional[int] = 224,
-                color_fix: Optional[str] = "default", vae_statistics: str = "exact", progress=None) -> np.ndarray:
+    def upscale(self, image: np.ndarray, scale: int = 4, *, latent_tile: TileSize = "default",
+                latent_overlap: TileSize = "default", encoder_tile: TileSize = "default",
+                decoder_tile: TileSize = "default", color_fix: Optional[str] = "default", vae_statistics: str = "exact", progress=None) -> np.ndarray:
         """Super-resolves an image: H x W x 3 (or N x H x W x 3), uint8 or float32
         in [0, 1]; returns the same kind at scale times the size.
 
-        Large images run in tiles (d3sr._tiling), with OSEDiff's names and defaults:
+        Large images run in tiles (d3sr._tiling), with OSEDiff's names:
         latent_tile / latent_overlap (latent pixels) for the UNet, encoder_tile
         (pixels) and decoder_tile (latent pixels) for the VAE. A stage tiles only
         when the image is larger than its tile; None turns its tiling off.
+        'default': the checkpoint's d3sr.json (OSEDiff's 96, 32, 1024 and 224
+        unless it names others; d3sr-tiny's are larger, for its small memory).
         color_fix: None, 'adain' or 'wavelet' (StableSR's), against the
         bicubic-upsampled input; 'default': the checkpoint's d3sr.json
         color_fix (None unless it names one; d3sr-tiny's is 'wavelet',
@@ -84,8 +87,8 @@ class Upscaler:
         images, single, is_uint8 = as_image_batch(image)
         if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or not 1 <= scale <= 16:
             raise ValueError(f"scale must be an integer from 1 to 16, not {scale!r}")
-        latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
-                                                                               encoder_tile, decoder_tile)
+        latent_tile, latent_overlap, encoder_tile, decoder_tile = tiling.check_tiles(
+            latent_tile, latent_overlap, encoder_tile, decoder_tile, self.config)
         color_fix = tiling.check_color_fix(color_fix, self.config["color_fix"])
         statistics = tiling.check_vae_statistics(vae_statistics)
         n, h, w, _ = images.shape
@@ -125,11 +128,12 @@ class Upscaler:
         out = np.ascontiguousarray(out, dtype=out.dtype)
         return out[0] if single else out
 
-    def progress_steps(self, shape, scale: int = 4, *, latent_tile: Optional[int] = 96, latent_overlap: int = 32,
-                       encoder_tile: Optional[int] = 1024, decoder_tile: Optional[int] = 224) -> int:
+    def progress_steps(self, shape, scale: int = 4, *, latent_tile: TileSize = "default",
+                       latent_overlap: TileSize = "default", encoder_tile: TileSize = "default",
+                       decoder_tile: TileSize = "default") -> int:
         """How many tile steps upscale reports to progress for an image of shape [H, W, ...]."""
-        latent_tile, latent_overlap, encoder_tile, decoder_tile = _check_tiles(latent_tile, latent_overlap,
-                                                                               encoder_tile, decoder_tile)
+        latent_tile, latent_overlap, encoder_tile, decoder_tile = tiling.check_tiles(
+            latent_tile, latent_overlap, encoder_tile, decoder_tile, self.config)
         h, w = int(shape[0]) * scale, int(shape[1]) * scale
         f = self.vae.downscale
         ph, pw = -(-h // f) * f, -(-w // f) * f
@@ -162,13 +166,6 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler(timestep={self.timestep}, latent_formula={self.latent_formula!r}, "
                 f"device={self.vae.device!r}, dtype={self.vae.dtype!r})")
-
-
-def _check_tiles(latent_tile, latent_overlap, encoder_tile, decoder_tile):
-    latent_tile = tiling.check_tile(latent_tile, "latent_tile", tiling.MIN_LATENT_TILE)
-    return (latent_tile, tiling.check_overlap(latent_overlap, latent_tile),
-            tiling.check_tile(encoder_tile, "encoder_tile", tiling.MIN_ENCODER_TILE),
-            tiling.check_tile(decoder_tile, "decoder_tile", tiling.MIN_DECODER_TILE))
 
 
 def _report(progress, steps: int) -> None:

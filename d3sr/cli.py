@@ -308,13 +308,18 @@ def _upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="png", choices=("png", "jpg", "webp", "tiff", "same"),
                    help="format of the files written into an output folder (default png; same: each input's)")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output file exists")
-    p.add_argument("--latent-tile", type=_tile_size, default=96,
-                   help="UNet tile in latent pixels, a multiple of 8, or 'none' (default 96, as OSEDiff)")
-    p.add_argument("--latent-overlap", type=int, default=32, help="overlap of UNet tiles in latent pixels (default 32)")
-    p.add_argument("--encoder-tile", type=_tile_size, default=1024,
-                   help="VAE encoder tile in pixels, a multiple of 8, or 'none' (default 1024)")
-    p.add_argument("--decoder-tile", type=_tile_size, default=224,
-                   help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default 224)")
+    # "default": the checkpoint's d3sr.json; OSEDiff's 96, 32, 1024, 224 unless it names others
+    p.add_argument("--latent-tile", type=_tile_size, default="default",
+                   help="UNet tile in latent pixels, a multiple of 8, or 'none' (default: the checkpoint's; "
+                        "OSEDiff's 96 unless it names one; d3sr-tiny 256)")
+    p.add_argument("--latent-overlap", type=_overlap, default="default",
+                   help="overlap of UNet tiles in latent pixels (default: the checkpoint's; 32, d3sr-tiny 64)")
+    p.add_argument("--encoder-tile", type=_tile_size, default="default",
+                   help="VAE encoder tile in pixels, a multiple of 8, or 'none' (default: the checkpoint's; "
+                        "1024, d3sr-tiny 2048)")
+    p.add_argument("--decoder-tile", type=_tile_size, default="default",
+                   help="VAE decoder tile in latent pixels, a multiple of 8, or 'none' (default: the checkpoint's; "
+                        "224, d3sr-tiny 512)")
     p.add_argument("--color-fix", default="default", choices=("default", "none", "adain", "wavelet"),
                    help="StableSR's colour fix against the bicubic-upsampled input; default: the checkpoint's "
                         "(d3sr-tiny: wavelet; none unless its d3sr.json names one)")
@@ -377,13 +382,23 @@ def run_upscale(args) -> int:
 
 
 def _tile_size(text: str):
-    """A tile size on the command line: an integer, or 'none' for no tiling."""
-    if text.lower() == "none":
-        return None
+    """A tile size on the command line: an integer, 'none' for no tiling, or 'default'."""
+    if text.lower() in ("none", "default"):
+        return None if text.lower() == "none" else "default"
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, 'none' or 'default', got {text!r}") from None
+
+
+def _overlap(text: str):
+    """A tile overlap on the command line: an integer or 'default'."""
+    if text.lower() == "default":
+        return "default"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'default', got {text!r}") from None
 
 
 def _make_checkpoint_arguments(p: argparse.ArgumentParser) -> None:

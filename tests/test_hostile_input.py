@@ -551,6 +551,11 @@ def test_deeply_nested_json_is_a_value_error(tmp_path, name):
     ({"schedule": {"beta_end": 1.5}}, "beta_end must be a number in"),
     ({"color_fix": "none"}, "color_fix must be null"),
     ({"color_fix": ["wavelet"]}, "color_fix must be null"),
+    ({"latent_tile": "default"}, "latent_tile must be an integer or null"),
+    ({"latent_tile": 100}, "latent_tile must be a multiple of 8"),
+    ({"decoder_tile": -224}, "decoder_tile must be a multiple of 8"),
+    ({"latent_overlap": 96}, "latent_overlap must be smaller than latent_tile"),
+    ({"encoder_tile": 1024.0}, "encoder_tile must be an integer or None"),
 ])
 def test_bad_d3sr_json_fields_are_value_errors(tmp_path, changes, message):
     from d3sr._checkpoint import read_generator_config

@@ -59,6 +59,28 @@ def test_color_fix_default_is_the_checkpoints(tmp_path, upscaler):
                                   upscaler.upscale(image, scale=2, color_fix="adain"))
 
 
+def test_tile_defaults_are_the_checkpoints(tmp_path, upscaler):
+    osediff = dict(latent_tile=96, latent_overlap=32, encoder_tile=1024, decoder_tile=224)
+    assert {k: upscaler.config[k] for k in osediff} == osediff   # no tiles in its d3sr.json: OSEDiff's
+    image = (testing.random_images((1, 3, 24, 40), seed=7).transpose(0, 2, 3, 1) + 1) / 2
+    small = dict(latent_tile=16, latent_overlap=8, encoder_tile=None, decoder_tile=16)
+    config = json.load(open(os.path.join(CKPT, "d3sr.json")))
+    config = {k: os.path.join(CKPT, v) if isinstance(v, str) and k != "type" else v for k, v in config.items()}
+    with open(tmp_path / "d3sr.json", "w") as f:
+        json.dump({**config, **small}, f)
+    tiled = d3sr.Upscaler.load(str(tmp_path))
+    expected = upscaler.upscale(image, scale=2, **small)
+    assert not np.array_equal(expected, upscaler.upscale(image, scale=2))
+    np.testing.assert_array_equal(tiled.upscale(image, scale=2), expected)
+    np.testing.assert_array_equal(tiled.upscale(image, scale=2, latent_tile="default", decoder_tile="default"),
+                                  expected)
+    np.testing.assert_array_equal(tiled.upscale(image, scale=2, latent_tile=None, decoder_tile=None),
+                                  upscaler.upscale(image, scale=2, latent_tile=None, decoder_tile=None))
+    assert tiled.progress_steps(image.shape[1:], 2) == upscaler.progress_steps(image.shape[1:], 2, **small) > 0
+    tiny = d3sr.Upscaler.load("tiny")   # larger tiles for its small memory: 1024 x 1024 output in one piece
+    assert tiny.progress_steps((256, 256), 4) == 0 and tiny.progress_steps((256, 256), 4, **osediff) == 16 + 4
+
+
 def test_images_smaller_than_every_tile_are_unchanged(upscaler):
     image = (testing.random_images((2, 3, 20, 26), seed=5).transpose(0, 2, 3, 1) + 1) / 2
     default = upscaler.upscale(image, scale=2)
