@@ -37,6 +37,7 @@ import numpy as np
 
 from ._evaluation import (IMAGE_EXTENSIONS, CommandError, eval_scorers, pair_images, parse_metrics,
                           print_eval_summary, score_pair, write_scores_csv)
+from ._tiling import TILE_NAMES
 
 PARTIAL_SUFFIX = ".partial"  # d3sr.images.write_image's temporary files: .NAME.XXXXXXXX.partial
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists")
@@ -417,9 +418,6 @@ def evaluate_dataset(sr_dir: str, hr_dir: str, metrics: Union[str, Sequence[str]
 
 # ---- the command line (`d3sr upscale --ray`, `d3sr eval --ray`) ----------------------------
 
-TILE_OPTIONS = ("latent_tile", "latent_overlap", "encoder_tile", "decoder_tile")
-
-
 def _shown(path: str) -> str:
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
@@ -446,7 +444,7 @@ def upscale_command(args) -> int:
     exist are skipped (--skip-existing is how a Ray run always works)."""
     if getattr(args, "format", "png") != "png":
         raise CommandError(f"--format {args.format}: with --ray the outputs are PNG files")
-    options = {name: getattr(args, name) for name in TILE_OPTIONS if hasattr(args, name)}
+    options = {name: getattr(args, name) for name in TILE_NAMES if hasattr(args, name)}
     if hasattr(args, "color_fix"):
         options["color_fix"] = None if args.color_fix == "none" else args.color_fix
     if hasattr(args, "vae_statistics"):
