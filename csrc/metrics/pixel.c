@@ -149,12 +149,17 @@ static double ssim_strip(const ssim_plane *pl, const double taps[SSIM_WINDOW], i
     return total;
 }
 
-static double ssim_plane_sum(const ssim_plane *pl, const double taps[SSIM_WINDOW], double *bufs, size_t buf_doubles)
+/* The strips' sums are added in strip order after the parallel loop: a
+ * reduction over dynamically scheduled strips added them in whatever order the
+ * threads took them, and the same images scored differently in the last bits
+ * from one call to the next (seen under a loaded machine). strip_sums holds
+ * one double per strip. */
+static double ssim_plane_sum(const ssim_plane *pl, const double taps[SSIM_WINDOW], double *bufs, size_t buf_doubles,
+                             double *strip_sums)
 {
     const int hv = pl->h - (SSIM_WINDOW - 1);
     const int strips = (hv + SSIM_STRIP - 1) / SSIM_STRIP;
-    double sum = 0.0;
-#pragma omp parallel for num_threads(d3sr_threads()) reduction(+ : sum) schedule(dynamic)
+#pragma omp parallel for num_threads(d3sr_threads()) schedule(dynamic)
     for (int s = 0; s < strips; s++) {
 #ifdef _OPENMP
         double *buf = bufs + (size_t)omp_get_thread_num() * buf_doubles;
@@ -162,8 +167,10 @@ static double ssim_plane_sum(const ssim_plane *pl, const double taps[SSIM_WINDOW
         double *buf = bufs;
 #endif
         int r0 = s * SSIM_STRIP, r1 = r0 + SSIM_STRIP < hv ? r0 + SSIM_STRIP : hv;
-        sum += ssim_strip(pl, taps, r0, r1, buf);
+        strip_sums[s] = ssim_strip(pl, taps, r0, r1, buf);
     }
+    double sum = 0.0;
+    for (int s = 0; s < strips; s++) sum += strip_sums[s];
     return sum;
 }
 
@@ -208,11 +215,14 @@ d3sr_status d3sr_ssim(const void *a, const void *b, d3sr_pixels type, int n, int
     const int threads = d3sr_threads(), channels = o->y_channel ? 1 : 3;
     const size_t plane = (size_t)hd * wd, wv = (size_t)wd - (SSIM_WINDOW - 1);
     const size_t buf_doubles = (size_t)(SSIM_STRIP + SSIM_WINDOW - 1) * 5 * wv;
+    const size_t strips = ((size_t)hd - (SSIM_WINDOW - 1) + SSIM_STRIP - 1) / SSIM_STRIP;
     double *planes = malloc(2 * plane * sizeof *planes);
     double *bufs = malloc((size_t)threads * buf_doubles * sizeof *bufs);
-    if (!planes || !bufs) {
+    double *strip_sums = malloc(strips * sizeof *strip_sums);
+    if (!planes || !bufs || !strip_sums) {
         free(planes);
         free(bufs);
+        free(strip_sums);
         return d3sr_fail(D3SR_ERR_MEMORY, "ssim: out of host memory for a %d x %d image", hd, wd);
     }
     double taps[SSIM_WINDOW];
@@ -224,11 +234,12 @@ d3sr_status d3sr_ssim(const void *a, const void *b, d3sr_pixels type, int n, int
             load_plane(a, type, i, h, w, cb, ch, f, hd, wd, planes);
             load_plane(b, type, i, h, w, cb, ch, f, hd, wd, planes + plane);
             ssim_plane pl = {planes, planes + plane, hd, wd};
-            total += ssim_plane_sum(&pl, taps, bufs, buf_doubles);
+            total += ssim_plane_sum(&pl, taps, bufs, buf_doubles, strip_sums);
         }
         scores[i] = total / ((double)channels * (hd - (SSIM_WINDOW - 1)) * wv);
     }
     free(planes);
     free(bufs);
+    free(strip_sums);
     return D3SR_OK;
 }
