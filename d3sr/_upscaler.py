@@ -76,8 +76,8 @@ class Upscaler:
         color_fix: None, 'adain' or 'wavelet' (StableSR's), against the
         bicubic-upsampled input; 'default': the checkpoint's d3sr.json
         color_fix (None unless it names one; d3sr-tiny's is 'wavelet',
-        what it was trained to be scored with).
-        vae_statistics: where a tiled VAE stage's GroupNorm layers get the image's statistics: 'exact' (pooled layer by
+        what it was trained to be scored with). vae_statistics: where a tiled
+        VAE stage's GroupNorm layers get the image's statistics: 'exact' (pooled layer by
         layer over the tiles, which wait parked in host memory: about 1.5x the
         stage's activations of the whole image) or 'estimated' (from one small
         pass over the image area-resampled to fit a tile; then the tiles run one

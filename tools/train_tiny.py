@@ -33,8 +33,8 @@ Two stages, because a 2-core machine gives about an hour (a few hundred steps):
    CF is StableSR's wavelet colour fix against the bicubic input (--color-fix wavelet:
    SR's high frequencies over the input's low ones), which the exported d3sr.json names
    as the model's default, so the loss scores what Upscaler.upscale returns. Without it
-   the generator drifted in colour and brightness on whole photos (mean offsets of
-   0.3-0.7 levels, a low-pass error 10-20 dB above bicubic's) and lost to bicubic.
+   the generator drifted in colour and brightness on whole photos (mean offsets up to
+   0.7 levels, a low-pass error 8-20 dB above bicubic's) and lost to bicubic.
 
 Recipes and checkpoints are chosen on the validation split of photos.tsv (whole photos,
 validate()); the held-out split is only scored, by tools/tiny/evaluate.py.
@@ -80,7 +80,7 @@ def _load_module(name: str, relative: str):
 
 images = _load_module("d3sr_images", "d3sr/images.py")  # the Upscaler's bicubic, bit for bit
 photos = _load_module("tiny_photos", "tools/tiny/photos.py")
-read_photo_list, load_photo, LONG_SIDE = photos.read_photo_list, photos.load_photo, photos.LONG_SIDE
+read_photo_list, load_photo, load_hr = photos.read_photo_list, photos.load_photo, photos.load_hr
 # the SDXL trunk as the reference script runs it (down and mid blocks)
 sdxl_trunk = _load_module("make_references", "tools/make_references.py").sdxl_trunk
 
@@ -133,7 +133,7 @@ ADV_START = 0.25         # fraction of the steps before the adversarial term sta
 T_MAX = 750              # discriminator timesteps t ~ U[0, T_MAX): above, F(z, t) is nearly all noise
 
 
-# read_photo_list, load_photo: tools/tiny/photos.py, shared with tools/tiny/evaluate.py
+# read_photo_list, load_photo, load_hr: tools/tiny/photos.py, shared with tools/tiny/evaluate.py
 
 
 def downscale(hr: np.ndarray) -> np.ndarray:
@@ -193,6 +193,12 @@ def wavelet_low(x: torch.Tensor) -> torch.Tensor:
     for r in (1, 2, 4, 8, 16):
         x = F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), kernel, dilation=r, groups=x.shape[1])
     return x
+
+
+def color_fixed(sr: torch.Tensor, up: torch.Tensor, color_fix: str) -> torch.Tensor:
+    """SR as the Upscaler returns it with this colour fix ('none' or 'wavelet'), unclamped:
+    with 'wavelet', SR's high frequencies over the bicubic input up's low ones."""
+    return sr - wavelet_low(sr) + wavelet_low(up) if color_fix == "wavelet" else sr
 
 
 def to_tensor(hr_uint8: np.ndarray) -> torch.Tensor:
@@ -450,10 +456,7 @@ def textured_crops(photo: np.ndarray, size: int, count: int):
 def validation_set():
     """The whole photos of the validation split (tools/tiny/photos.tsv), cropped to multiples
     of 4: checkpoints and recipes are chosen on these, never on the held-out photos."""
-    hrs = []
-    for path in read_photo_list("validation"):
-        photo = load_photo(path)
-        hrs.append(np.ascontiguousarray(photo[:photo.shape[0] // SCALE * SCALE, :photo.shape[1] // SCALE * SCALE]))
+    hrs = [load_hr(path) for path in read_photo_list("validation")]
     return hrs, [downscale(h) for h in hrs]
 
 
@@ -466,8 +469,7 @@ def validate(models, hrs, lrs, color_fix: str):
     for hr, lr in zip(hrs, lrs):
         up = upsample(lr[None])
         _, _, sr = models.generate(torch.from_numpy(up))
-        if color_fix == "wavelet":
-            sr = sr - wavelet_low(sr) + wavelet_low(torch.from_numpy(up))
+        sr = color_fixed(sr, torch.from_numpy(up), color_fix)
         sr = np.round((sr.clamp(-1, 1)[0].numpy().transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
         bic = np.round((up[0].transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
         scores.append((psnr_y(sr, hr), psnr_y(bic, hr)))
@@ -507,8 +509,8 @@ def train(args) -> None:
         print(f"resumed at step {step}", flush=True)
     torch.manual_seed(args.seed + step)
     if step == 0:
-        print("validation PSNR of the starting point, model and bicubic: %.3f %.3f" % validate(ema, val_hr, val_lr, args.color_fix),
-              flush=True)
+        start_scores = validate(ema, val_hr, val_lr, args.color_fix)
+        print("validation PSNR of the starting point, model and bicubic: %.3f %.3f" % start_scores, flush=True)
     log = open(os.path.join(args.work, "log.csv"), "a", newline="")
     writer = csv.writer(log)
     t_start = time.time()
@@ -529,7 +531,7 @@ def train(args) -> None:
         edges_hr = sobel_magnitude(hr)
         # With --color-fix wavelet the pixel and edge terms score what the Upscaler returns with
         # color_fix="wavelet": the generator's high frequencies over the bicubic input's low ones.
-        fixed = sr - wavelet_low(sr) + wavelet_low(up) if args.color_fix == "wavelet" else sr
+        fixed = color_fixed(sr, up, args.color_fix)
         loss_pix = F.l1_loss(fixed, hr)
         loss_edge = F.l1_loss(sobel_magnitude(fixed), edges_hr)
         loss_rec = F.l1_loss(rec, hr) + args.w_edge * F.l1_loss(sobel_magnitude(rec), edges_hr)

@@ -149,6 +149,12 @@ static double ssim_strip(const ssim_plane *pl, const double taps[SSIM_WINDOW], i
     return total;
 }
 
+/* Strips of SSIM_STRIP output rows over the h - 10 valid rows of an h-row plane. */
+static int ssim_strip_count(int h)
+{
+    return (h - (SSIM_WINDOW - 1) + SSIM_STRIP - 1) / SSIM_STRIP;
+}
+
 /* The strips' sums are added in strip order after the parallel loop: a
  * reduction over dynamically scheduled strips added them in whatever order the
  * threads took them, and the same images scored differently in the last bits
@@ -157,8 +163,7 @@ static double ssim_strip(const ssim_plane *pl, const double taps[SSIM_WINDOW], i
 static double ssim_plane_sum(const ssim_plane *pl, const double taps[SSIM_WINDOW], double *bufs, size_t buf_doubles,
                              double *strip_sums)
 {
-    const int hv = pl->h - (SSIM_WINDOW - 1);
-    const int strips = (hv + SSIM_STRIP - 1) / SSIM_STRIP;
+    const int hv = pl->h - (SSIM_WINDOW - 1), strips = ssim_strip_count(pl->h);
 #pragma omp parallel for num_threads(d3sr_threads()) schedule(dynamic)
     for (int s = 0; s < strips; s++) {
 #ifdef _OPENMP
@@ -215,7 +220,7 @@ d3sr_status d3sr_ssim(const void *a, const void *b, d3sr_pixels type, int n, int
     const int threads = d3sr_threads(), channels = o->y_channel ? 1 : 3;
     const size_t plane = (size_t)hd * wd, wv = (size_t)wd - (SSIM_WINDOW - 1);
     const size_t buf_doubles = (size_t)(SSIM_STRIP + SSIM_WINDOW - 1) * 5 * wv;
-    const size_t strips = ((size_t)hd - (SSIM_WINDOW - 1) + SSIM_STRIP - 1) / SSIM_STRIP;
+    const size_t strips = (size_t)ssim_strip_count(hd);
     double *planes = malloc(2 * plane * sizeof *planes);
     double *bufs = malloc((size_t)threads * buf_doubles * sizeof *bufs);
     double *strip_sums = malloc(strips * sizeof *strip_sums);

@@ -16,12 +16,7 @@ import numpy as np
 import d3sr
 from d3sr import metrics
 from d3sr._demo import bicubic_upscale, downscale
-from photos import load_photo, read_photo_list  # tools/tiny/photos.py, beside this script
-
-def load(path: str) -> np.ndarray:
-    """A held-out photo at the training scale, cropped to a multiple of 4 (x4)."""
-    rgb = load_photo(path)
-    return np.ascontiguousarray(rgb[:rgb.shape[0] // 4 * 4, :rgb.shape[1] // 4 * 4])
+from photos import load_hr, read_photo_list  # tools/tiny/photos.py, beside this script
 
 
 def main() -> None:
@@ -37,10 +32,10 @@ def main() -> None:
     print(f"| {args.split.replace('_', '-')} photo (x4) | bicubic PSNR / SSIM | d3sr-tiny PSNR / SSIM | gain dB |")
     print("|---|---|---|---|")
     totals = []
+    color_fix = None if args.color_fix == "none" else args.color_fix
     for path in read_photo_list(args.split):
-        hr = load(path)
+        hr = load_hr(path)
         lr = downscale(hr)
-        color_fix = None if args.color_fix == "none" else args.color_fix
         sr, bic = upscaler.upscale(lr, color_fix=color_fix), bicubic_upscale(lr)
         scores = [(metrics.psnr(x, hr, crop_border=4), metrics.ssim(x, hr, crop_border=4)) for x in (bic, sr)]
         totals.append([v for pair in scores for v in pair])

@@ -34,3 +34,9 @@ def load_photo(path: str) -> np.ndarray:
         factor = LONG_SIDE / max(w, h)
         image = image.resize((round(w * factor), round(h * factor)), Image.LANCZOS)
     return np.asarray(image)
+
+
+def load_hr(path: str) -> np.ndarray:
+    """A photo as an x4 test pair's HR image: load_photo's, cropped to multiples of 4."""
+    rgb = load_photo(path)
+    return np.ascontiguousarray(rgb[:rgb.shape[0] // 4 * 4, :rgb.shape[1] // 4 * 4])
