@@ -25,3 +25,16 @@ def test_core_builds_and_runs_from_c_alone(tmp_path):
     run = subprocess.run([exe], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "core smoke: ok" in run.stdout
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_half_conversion_equals_the_cast_bit_for_bit(tmp_path):
+    """csrc/core/half.c (F16C where the CPU has it; float16 parking uses it)
+    converts as the C cast to _Float16 does, ties and range ends included."""
+    exe = str(tmp_path / "half_check")
+    build = subprocess.run(["cc", "-std=c11", "-O2", "-fno-trapping-math", os.path.join(ROOT, "tests", "c", "half_check.c"),
+                            os.path.join(ROOT, "csrc", "core", "half.c"), "-lm", "-o", exe], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([exe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "half check: ok" in run.stdout

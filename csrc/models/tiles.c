@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/half.h"
 #include "../core/status.h"
 #include "../ops/backend.h"
 
@@ -101,8 +102,7 @@ static d3sr_status park(d3sr_ctx *ctx, tile_thread *t)
         if (half) {
             D3SR_CHECK(grow((void **)&s->staging, &s->staging_cap, count * sizeof(float)));
             D3SR_CHECK(ctx->backend->download(ctx, &b, s->staging));
-            _Float16 *h = (_Float16 *)dst;
-            for (size_t j = 0; j < count; j++) h[j] = (_Float16)s->staging[j];
+            d3sr_float_to_half((uint16_t *)dst, s->staging, count);
             dst += count * 2;
         } else {
             D3SR_CHECK(ctx->backend->download(ctx, &b, (float *)dst));
@@ -142,8 +142,7 @@ static d3sr_status unpark(d3sr_ctx *ctx, tile_thread *t)
         size_t count = d3sr_tensor_numel(&b);
         if (half) {
             D3SR_CHECK(grow((void **)&s->staging, &s->staging_cap, count * sizeof(float)));
-            const _Float16 *h = (const _Float16 *)src;
-            for (size_t j = 0; j < count; j++) s->staging[j] = (float)h[j];
+            d3sr_half_to_float(s->staging, (const uint16_t *)src, count);
             D3SR_CHECK(ctx->backend->upload(ctx, s->staging, &b));
             src += count * 2;
         } else {
