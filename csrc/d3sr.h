@@ -181,7 +181,11 @@ typedef struct {
     const double *statistics;
     int park_half;          /* pooled: park as float16 instead of float32 */
     double *pooled;         /* may be NULL: receives the statistics the tiles used, [n, layers, groups, 2] */
-    size_t parked_bytes;    /* out: the most host memory parked at once */
+    /* 1: run nothing, only plan (x and out may be NULL): window_bytes and
+     * parked_bytes say what the call would hold, before it holds it. */
+    int plan_only;
+    size_t parked_bytes;    /* out: the most host memory parked at once (planned: will be) */
+    size_t window_bytes;    /* out, planned only: the activation memory of one tile (the model's device) */
 } d3sr_vae_tiling;
 
 /* The GroupNorm layers of the encoder (encode = 1) or decoder, and their

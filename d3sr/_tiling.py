@@ -245,3 +245,53 @@ def tile_count(h: int, w: int, tile: Optional[int], multiple: int) -> int:
         return 1
     return len(split(h, tile, multiple)) * len(split(w, tile, multiple))
 
+
+# ---- will the parked tiles fit? -----------------------------------------------------
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_host_bytes() -> Optional[int]:
+    """Host memory a new allocation can still get without the process being
+    killed: Linux's MemAvailable plus free swap (parked tiles are touched once
+    per layer, so swap serves them), capped by a cgroup v2 memory limit (a
+    container's). None where none of this can be read."""
+    fields = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                fields[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if "MemAvailable" not in fields:
+        return None
+    available = fields["MemAvailable"] + fields.get("SwapFree", 0)
+    limit = _read_int("/sys/fs/cgroup/memory.max")     # "max" (no limit) reads as None
+    used = _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        available = min(available, max(limit - used, 0))
+    return available
+
+
+def check_parking_fits(what: str, tiles: int, window_bytes: int, parked_bytes: int, advice: str,
+                       available: Optional[int] = None) -> None:
+    """MemoryError, before anything runs, when a tiled VAE stage with the
+    image's exact statistics would hold more host memory (its parked set and,
+    on the CPU, one tile's window; callers pass window_bytes 0 for a GPU) than
+    is available (available_host_bytes() unless given)."""
+    available = available_host_bytes() if available is None else available
+    needed = window_bytes + parked_bytes
+    if available is None or needed <= available:
+        return
+    gib = 2.0 ** 30
+    raise MemoryError(
+        f"{what}: {tiles} tiles with the image's exact GroupNorm statistics would park {parked_bytes / gib:.1f} GiB "
+        f"of activations in host memory, {needed / gib:.1f} GiB with one tile's working set, and "
+        f"{available / gib:.1f} GiB is available. {advice}")

@@ -79,7 +79,8 @@ class Upscaler:
         what it was trained to be scored with). vae_statistics: where a tiled
         VAE stage's GroupNorm layers get the image's statistics: 'exact' (pooled layer by
         layer over the tiles, which wait parked in host memory: about 1.5x the
-        stage's activations of the whole image) or 'estimated' (from one small
+        stage's activations of the whole image; MemoryError before anything runs
+        when a stage's would not fit, see VAE.tiled_memory) or 'estimated' (from one small
         pass over the image area-resampled to fit a tile; then the tiles run one
         by one in one tile's memory at any image size; approximate: README,
         Large images). progress: called with the number of tiles each step
@@ -101,6 +102,15 @@ class Upscaler:
             del upsampled
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))              # [N, 3, H', W'] in [-1, 1]
         _, _, ph, pw = x.shape
+        f = self.vae.downscale
+        if statistics is None:  # exact: fail now, not after the encoder and UNet, if a stage's parked tiles cannot fit
+            advice = ("vae_statistics='estimated' (--vae-statistics estimated) parks nothing: memory one tile's at "
+                      "any size, statistics approximate (README, Large images).")
+            if _larger(ph, pw, encoder_tile):
+                self.vae.check_tiled_memory(x.shape, encoder_tile, encode=True, advice=advice)
+            if _larger(ph // f, pw // f, decoder_tile):
+                self.vae.check_tiled_memory((n, self.vae.config["latent_channels"], ph // f, pw // f), decoder_tile,
+                                            encode=False, advice=advice)
         if _larger(ph, pw, encoder_tile):
             z = self.vae.encode_tiled(x, encoder_tile, statistics=statistics)
             _report(progress, tiling.tile_count(ph, pw, encoder_tile, self.vae.downscale))

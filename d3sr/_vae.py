@@ -171,20 +171,48 @@ class VAE(CoreModel):
         if h % self.downscale or w % self.downscale:
             raise ValueError(f"x's height and width must be multiples of {self.downscale}, got {h} x {w}")
         tile = tiling.check_tile(tile, "tile", 4 * self.downscale, self.downscale)
-        tiles = tiling.vae_windows(h, w, tile, tiling.encoder_halo(self.config), self.downscale)
-        return self._run_tiled(x, tiles, True, park, statistics, tile, self.downscale)
+        return self._run_tiled(x, self._windows(True, h, w, tile), True, park, statistics, tile, self.downscale)
 
     def decode_tiled(self, z: np.ndarray, tile: int, *, park: str = "float32", statistics=None) -> np.ndarray:
         """decode in tiles of at most tile x tile latent pixels, as encode_tiled."""
         _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
         _, _, h, w = z.shape
         tile = tiling.check_tile(tile, "tile", 4, 1)
-        tiles = tiling.vae_windows(h, w, tile, tiling.decoder_halo(self.config), 1)
-        return self._run_tiled(z, tiles, False, park, statistics, tile, 1)
+        return self._run_tiled(z, self._windows(False, h, w, tile), False, park, statistics, tile, 1)
+
+    def tiled_memory(self, shape: Sequence[int], tile: int, *, encode: bool, park: str = "float32") -> Tuple[int, int]:
+        """(window bytes, parked bytes): what encode_tiled (encode=True) or
+        decode_tiled of an input of `shape` [N, C, H, W] with the image's exact
+        statistics would hold: the activations of one tile's window (on the
+        VAE's device; scratch of single ops aside) and the most host memory its
+        tiles park at once (0 for a single tile; with given or estimated statistics
+        nothing is parked). Nothing runs: the forward of one window is planned only."""
+        n, _, h, w = (int(v) for v in shape)
+        if encode and (h % self.downscale or w % self.downscale):
+            raise ValueError(f"shape's height and width must be multiples of {self.downscale}, got {h} x {w}")
+        tile = tiling.check_tile(tile, "tile", 4 * self.downscale if encode else 4, self.downscale if encode else 1)
+        return self._model.vae_plan_tiled((n, h, w), self._windows(encode, h, w, tile), encode, _park_half(park))
+
+    def _windows(self, encode: bool, h: int, w: int, tile: int) -> np.ndarray:
+        if encode:
+            return tiling.vae_windows(h, w, tile, tiling.encoder_halo(self.config), self.downscale)
+        return tiling.vae_windows(h, w, tile, tiling.decoder_halo(self.config), 1)
+
+    def check_tiled_memory(self, shape: Sequence[int], tile: int, *, encode: bool, park: str = "float32",
+                           advice: str = "statistics='estimated' parks nothing (approximate; memory one tile's at any "
+                                         "size); park='float16' halves the parked set.") -> None:
+        """MemoryError, before anything runs, when a tiled call with exact
+        statistics (tiled_memory) would need more host memory than is available."""
+        window, parked = self.tiled_memory(shape, tile, encode=encode, park=park)
+        tiles = tiling.tile_count(int(shape[2]), int(shape[3]), tile, self.downscale if encode else 1)
+        tiling.check_parking_fits("encode_tiled" if encode else "decode_tiled", tiles,
+                                  window if self.device == "cpu" else 0, parked, advice)
 
     def _run_tiled(self, x: np.ndarray, tiles: np.ndarray, encode: bool, park: str, statistics, tile: int,
                    multiple: int) -> np.ndarray:
         half = _park_half(park)
+        if statistics is None and len(tiles) > 1:
+            self.check_tiled_memory(x.shape, tile, encode=encode, park=park)
         if isinstance(statistics, str):
             if statistics != "estimated":
                 raise ValueError(f"statistics must be None, 'estimated' or an array, not {statistics!r}")

@@ -225,6 +225,64 @@ def test_given_statistics_reproduce_the_pooled_pass_without_parking():
     assert_close(vae.decode_tiled(z, 8, statistics=vae.last_statistics), image, 1e-6, "decoder, same")
 
 
+@pytest.mark.parametrize("park", ["float32", "float16"])
+def test_tiled_memory_predicts_what_a_call_parks(park):
+    """The plan (no op run) gives the parked peak a pooled call then measures,
+    to the byte; one tile parks nothing; the window's arena does not depend on
+    how tiles park."""
+    vae = small_vae(attention=True)
+    x = testing.random_images((2, 3, 96, 136), seed=1)
+    z = vae.encode(x)
+    windows = {}
+    for encode, data, tile in ((True, x, 32), (True, x, 48), (False, z, 8), (False, z, 12)):
+        window, parked = vae.tiled_memory(data.shape, tile, encode=encode, park=park)
+        (vae.encode_tiled if encode else vae.decode_tiled)(data, tile, park=park)
+        assert parked == vae.last_parked_bytes > 0, (encode, tile)
+        windows[encode, tile] = window
+    assert windows[True, 32] < windows[True, 48] and windows[False, 8] < windows[False, 12]
+    half_window, _ = vae.tiled_memory(x.shape, 32, encode=True, park="float16")
+    assert half_window == windows[True, 32]
+    assert vae.tiled_memory(x.shape, 136, encode=True, park=park)[1] == 0
+
+
+def test_exact_statistics_that_cannot_fit_fail_before_anything_runs(upscaler, monkeypatch):
+    """When the parked tiles of a stage would not fit in the memory there is,
+    upscale raises MemoryError naming the way out before the encoder or the
+    UNet runs; estimated statistics still run."""
+    image = (testing.random_images((1, 3, 48, 48), seed=4)[0].transpose(1, 2, 0) * 127.5 + 127.5).astype(np.uint8)
+    tiles = dict(encoder_tile=64, decoder_tile=16, latent_tile=None)
+    vae, f = upscaler.vae, upscaler.vae.downscale
+    latent = (1, vae.config["latent_channels"], 192 // f, 192 // f)
+    encoder_needs = sum(vae.tiled_memory((1, 3, 192, 192), 64, encode=True))
+    decoder_needs = sum(vae.tiled_memory(latent, 16, encode=False))
+    decoder_tiles = tiling.tile_count(192 // f, 192 // f, 16, 1)
+    assert decoder_needs > encoder_needs and decoder_tiles > 1
+    ran = []
+    monkeypatch.setattr(upscaler, "_unet_eps", lambda *a, **k: ran.append("unet"))
+    monkeypatch.setattr(vae, "encode_tiled", lambda *a, **k: ran.append("encoder"))
+    for available, match in ((encoder_needs - 1, "encode_tiled: 9 tiles"),
+                             (encoder_needs, f"decode_tiled: {decoder_tiles} tiles")):
+        monkeypatch.setattr(tiling, "available_host_bytes", lambda: available)
+        with pytest.raises(MemoryError, match=f"{match} .* vae_statistics='estimated'"):
+            upscaler.upscale(image, **tiles)
+    assert ran == []
+    monkeypatch.undo()
+    monkeypatch.setattr(tiling, "available_host_bytes", lambda: 0)
+    assert upscaler.upscale(image, vae_statistics="estimated", **tiles).shape == (192, 192, 3)
+    with pytest.raises(MemoryError, match="encode_tiled: 15 tiles .* statistics='estimated' parks nothing"):
+        small_vae(attention=False).encode_tiled(testing.random_images((1, 3, 96, 136), seed=1), 32)
+
+
+def test_available_host_bytes_is_what_linux_says():
+    available = tiling.available_host_bytes()
+    if not os.path.exists("/proc/meminfo"):
+        assert available is None
+        return
+    with open("/proc/meminfo") as f:
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    assert 0 < available <= fields["MemTotal"] + fields.get("SwapTotal", 0)
+
+
 def own_statistics(run, x: np.ndarray, tiles: np.ndarray, scale: float) -> np.ndarray:
     """Each window run alone (its own GroupNorm statistics, Tiled VAE without
     pooling), cores pasted together: what estimated statistics must beat."""
@@ -337,6 +395,17 @@ def test_bad_tiled_vae_arguments():
         vae.encode_tiled(np.zeros((1, 3, 16, 16), np.float32), 12)
     with pytest.raises(ValueError, match="park"):
         vae.decode_tiled(np.zeros((1, 4, 16, 16), np.float32), 8, park="bf16")
+    with pytest.raises(ValueError, match="tile"):
+        vae.tiled_memory((1, 3, 16, 16), 12, encode=True)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        vae.tiled_memory((1, 3, 18, 16), 8, encode=True)
+    with pytest.raises(ValueError, match="park"):
+        vae.tiled_memory((1, 4, 16, 16), 8, encode=False, park="bf16")
+    tiles = tiling.vae_windows(16, 16, 8, 4, 4)
+    with pytest.raises(ValueError, match="must be positive, got 0, 16, 16"):
+        vae._model.vae_plan_tiled((0, 16, 16), tiles, True, False)
+    with pytest.raises(ValueError, match="cover"):
+        vae._model.vae_plan_tiled((1, 24, 16), tiles, True, False)
 
 
 def border_ratio(diff: np.ndarray, borders: Sequence[int], band: int, far: int) -> float:
@@ -402,6 +471,20 @@ def test_cli_upscale_tile_flags(tmp_path, upscaler, capsys):
     rc = cli.main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "bad.png"), "--checkpoint", CKPT,
                    "--latent-tile", "12"])
     assert rc != 0 and "latent_tile" in capsys.readouterr().err
+
+
+def test_cli_says_when_exact_statistics_cannot_fit(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from d3sr import cli
+
+    Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(tmp_path / "in.png")
+    monkeypatch.setattr(tiling, "available_host_bytes", lambda: 2 ** 20)
+    rc = cli.main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--checkpoint", CKPT,
+                   "--decoder-tile", "16"])
+    assert rc == 2 and not (tmp_path / "out.png").exists()
+    err = capsys.readouterr().err
+    assert "decode_tiled: " in err and "would park" in err and "--vae-statistics estimated" in err
 
 
 def test_progress_steps_checks_its_arguments(upscaler):

@@ -315,3 +315,30 @@ d3sr_status d3sr_tiles_run(d3sr_ctx *ctx, const d3sr_tiles_job *job, d3sr_tiles_
     memset(&ctx->pooling, 0, sizeof ctx->pooling);
     return status;
 }
+
+d3sr_status d3sr_tiles_plan(d3sr_ctx *ctx, const d3sr_tiles_job *job, d3sr_tiles_memory *memory)
+{
+    memory->window_bytes = memory->parked_bytes = 0;
+    if (job->count < 1 || job->layers < 1 || job->groups < 1 || job->n < 1)
+        return d3sr_fail(D3SR_ERR_VALUE, "tiles: nothing to plan");
+    /* Planning checks each layer against the pool and reads nothing else of it. */
+    const d3sr_norm_pool pool = {job->cores[0][0], job->cores[0][1], job->cores[0][2], job->cores[0][3],
+                                 job->layers, job->groups, NULL, NULL};
+    memset(&ctx->pooling, 0, sizeof ctx->pooling);
+    ctx->pooling.pool = &pool;
+    ctx->pooling.in_h = job->window_h;
+    ctx->pooling.in_w = job->window_w;
+    d3sr_status status = d3sr_ctx_plan(ctx, job->forward, job->args[0]);
+    if (status == D3SR_OK && ctx->pooling.next != job->layers)
+        status = d3sr_fail(D3SR_ERR_RUNTIME, "tiles: a tile plans %d GroupNorm layers of %d", ctx->pooling.next, job->layers);
+    if (status == D3SR_OK) {
+        /* every tile parks at every layer (a lone tile and given statistics never park), all
+         * of them at once when the last one arrives, each at park()'s parked precision */
+        const size_t per_tile = ctx->pooling.planned_barrier_bytes / d3sr_dtype_size(ctx->dtype) * (job->park_half ? 2 : 4);
+        memory->window_bytes = ctx->arena.peak;
+        memory->parked_bytes = job->statistics || job->count == 1 ? 0 : per_tile * (size_t)job->count;
+    }
+    ctx->arena.n_live = 0;
+    memset(&ctx->pooling, 0, sizeof ctx->pooling);
+    return status;
+}

@@ -47,4 +47,14 @@ typedef struct {
 
 d3sr_status d3sr_tiles_run(d3sr_ctx *ctx, const d3sr_tiles_job *job, d3sr_tiles_report *report);
 
+/* The memory d3sr_tiles_run would hold for job, found by planning tile 0's
+ * forward (no op runs, no activation memory is touched). */
+typedef struct {
+    size_t window_bytes;         /* the model's arena: one tile's working set (device memory) */
+    size_t parked_bytes;         /* the most host bytes parked at once: every tile's live set at the
+                                  * GroupNorm layer where it is largest; 0 with statistics given */
+} d3sr_tiles_memory;
+
+d3sr_status d3sr_tiles_plan(d3sr_ctx *ctx, const d3sr_tiles_job *job, d3sr_tiles_memory *memory);
+
 #endif /* D3SR_MODELS_TILES_H */

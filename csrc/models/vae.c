@@ -453,7 +453,7 @@ d3sr_status d3sr_vae_norm_layers(const d3sr_model *m, int encode, int *layers, i
 d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n, int h, int w, const int (*tiles)[8],
                                int count, d3sr_vae_tiling *how, float *out)
 {
-    how->parked_bytes = 0;
+    how->parked_bytes = how->window_bytes = 0;
     if (m->kind != D3SR_MODEL_VAE) return d3sr_fail(D3SR_ERR_TYPE, "vae_run_tiled needs a VAE");
     vae *v = m->impl;
     const d3sr_vae_config *c = &v->cfg;
@@ -470,10 +470,10 @@ d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n,
         status = d3sr_fail(D3SR_ERR_VALUE, "%s: the input is empty", what);
     else
         status = check_tiles(tiles, count, h, w, encode ? factor : 1);
-    if (status == D3SR_OK) status = d3sr_check_finite(x, (size_t)n * t.channels * h * w, what);
+    if (status == D3SR_OK && !how->plan_only) status = d3sr_check_finite(x, (size_t)n * t.channels * h * w, what);
     const int layers = count_norm_layers(v, encode);
     const size_t entries = (size_t)n * layers * c->norm_num_groups;
-    for (size_t i = 0; status == D3SR_OK && how->statistics && i < entries; i++) {
+    for (size_t i = 0; status == D3SR_OK && how->statistics && !how->plan_only && i < entries; i++) {
         const double mean = how->statistics[2 * i], var = how->statistics[2 * i + 1];
         if (!isfinite(mean) || !isfinite(var) || var < 0)
             status = d3sr_fail(D3SR_ERR_VALUE, "%s: statistics entry %zu is mean %g, variance %g; finite values and a "
@@ -491,15 +491,18 @@ d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n,
                               ((size_t)ww * t.scale_num / t.scale_den);
     for (int i = 0; status == D3SR_OK && i < count; i++) {
         const int *tile = tiles[i];
-        float *in = malloc((size_t)n * t.channels * wh * ww * sizeof *in);
-        float *o = malloc(out_window * sizeof *o); /* pages are touched only when the tile's output arrives */
+        float *in = NULL, *o = NULL; /* planning reads and writes neither */
+        if (!how->plan_only) {
+            in = malloc((size_t)n * t.channels * wh * ww * sizeof *in);
+            o = malloc(out_window * sizeof *o); /* pages are touched only when the tile's output arrives */
+        }
         t.calls[i] = (vae_call){v, in, n, wh, ww, o};
         args[i] = &t.calls[i];
-        if (!in || !o) {
+        if (!how->plan_only && (!in || !o)) {
             status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory for tile windows", what);
             break;
         }
-        copy_window(x, n, t.channels, h, w, tile[0], tile[1], tile[2], tile[3], in);
+        if (!how->plan_only) copy_window(x, n, t.channels, h, w, tile[0], tile[1], tile[2], tile[3], in);
         cores[i][0] = tile[4] - tile[0];
         cores[i][1] = tile[5] - tile[0];
         cores[i][2] = tile[6] - tile[2];
@@ -509,9 +512,16 @@ d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n,
         d3sr_tiles_job job = {encode ? encode_forward : decode_forward, args, (const int (*)[4])cores, count, n,
                               layers, c->norm_num_groups, wh, ww, how->park_half,
                               how->statistics, how->pooled, finish_tile, &t};
-        d3sr_tiles_report report = {0};
-        status = d3sr_tiles_run(&m->ctx, &job, &report);
-        how->parked_bytes = report.parked_peak_bytes;
+        if (how->plan_only) {
+            d3sr_tiles_memory memory;
+            status = d3sr_tiles_plan(&m->ctx, &job, &memory);
+            how->parked_bytes = memory.parked_bytes;
+            how->window_bytes = memory.window_bytes;
+        } else {
+            d3sr_tiles_report report = {0};
+            status = d3sr_tiles_run(&m->ctx, &job, &report);
+            how->parked_bytes = report.parked_peak_bytes;
+        }
     }
     for (int i = 0; t.calls && i < count; i++) {
         free((void *)t.calls[i].input);

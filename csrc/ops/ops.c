@@ -39,17 +39,22 @@ void d3sr_ctx_destroy(d3sr_ctx *ctx)
     memset(ctx, 0, sizeof *ctx);
 }
 
-d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg)
+d3sr_status d3sr_ctx_plan(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg)
 {
-    int capturing = ctx->capture.enabled;
-    d3sr_capture_clear(&ctx->capture);
-    ctx->capture.enabled = capturing;
     /* Two planning passes cost no arithmetic: the first learns when each
      * activation is last read, the second measures the peak with each freed then. */
     d3sr_arena_begin(&ctx->arena, D3SR_PASS_RECORD);
     D3SR_CHECK(forward(ctx, arg));
     d3sr_arena_begin(&ctx->arena, D3SR_PASS_PLAN);
-    D3SR_CHECK(forward(ctx, arg));
+    return forward(ctx, arg);
+}
+
+d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg)
+{
+    int capturing = ctx->capture.enabled;
+    d3sr_capture_clear(&ctx->capture);
+    ctx->capture.enabled = capturing;
+    D3SR_CHECK(d3sr_ctx_plan(ctx, forward, arg));
     size_t need = ctx->arena.peak;
     if (need > ctx->arena.capacity) {
         if (ctx->arena.base) ctx->backend->free(ctx, ctx->arena.base);
@@ -487,6 +492,11 @@ d3sr_status d3sr_group_norm_pooled(d3sr_ctx *ctx, const d3sr_tensor *x, const d3
                          region[0], region[1], region[2], region[3], x->h, x->w);
     reads(ctx, x, NULL, NULL);
     if (d3sr_ctx_planning(ctx)) {
+        /* what the real pass holds at the barrier below: the blocks live now */
+        size_t live = 0;
+        for (int i = 0; i < ctx->arena.n_live; i++) live += ctx->arena.live[i].bytes;
+        if (ctx->arena.pass == D3SR_PASS_PLAN && live > pooling->planned_barrier_bytes)
+            pooling->planned_barrier_bytes = live;
         D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
         return planned(ctx);
     }

@@ -61,6 +61,9 @@ typedef struct {
      * (models/tiles.c). */
     d3sr_status (*barrier)(d3sr_ctx *ctx, void *user);
     void *barrier_user;
+    /* The plan pass's largest live set of arena bytes at a layer's barrier:
+     * what a tile parks at most (models/tiles.c predicts from it). */
+    size_t planned_barrier_bytes;
 } d3sr_norm_pooling;
 
 /* One model's execution state: backend, activation arena and scratch. */
@@ -108,8 +111,12 @@ void d3sr_ctx_destroy(d3sr_ctx *ctx);
  * naming them and the model, rather than at the first call. */
 d3sr_status d3sr_ctx_require(const d3sr_ctx *ctx, const char *model, const char *const *kernels);
 
-/* Runs forward(ctx, arg) twice: planning, then for real once the arena holds the plan. */
+/* Runs forward(ctx, arg): planning (d3sr_ctx_plan), then for real once the arena holds the plan. */
 d3sr_status d3sr_ctx_run(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg);
+
+/* Only plans forward(ctx, arg): two passes that run no op and touch no
+ * memory; afterwards ctx->arena.peak is the arena a real pass needs. */
+d3sr_status d3sr_ctx_plan(d3sr_ctx *ctx, d3sr_status (*forward)(d3sr_ctx *ctx, void *arg), void *arg);
 
 static inline int d3sr_ctx_planning(const d3sr_ctx *ctx) { return ctx->arena.planning; }
 

@@ -281,7 +281,8 @@ static PyObject *model_vae_run_tiled(ModelObject *self, PyObject *args)
     y = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
     pooled = (PyArrayObject *)PyArray_SimpleNew(4, (npy_intp *)stats_dims, NPY_FLOAT64);
     if (!y || !pooled) goto done;
-    d3sr_vae_tiling how = {given ? PyArray_DATA(given) : NULL, park_half, PyArray_DATA(pooled), 0};
+    d3sr_vae_tiling how = {.statistics = given ? PyArray_DATA(given) : NULL, .park_half = park_half,
+                           .pooled = PyArray_DATA(pooled)};
     const float *xd = PyArray_DATA(x);
     const int (*td)[8] = (const int (*)[8])PyArray_DATA(tiles);
     int count = (int)PyArray_DIM(tiles, 0);
@@ -302,6 +303,36 @@ done:
     Py_XDECREF(pooled);
     Py_XDECREF(y);
     return NULL;
+}
+
+/* vae_plan_tiled((N, H, W), tiles [count, 8] int, encode, park_half)
+ *   -> (window bytes, parked bytes): what vae_run_tiled with pooled statistics
+ *   would hold (see d3sr_vae_tiling's plan_only); nothing runs. */
+static PyObject *model_vae_plan_tiled(ModelObject *self, PyObject *args)
+{
+    PyObject *tiles_obj;
+    Py_ssize_t n, h, w;
+    int encode, park_half;
+    if (!PyArg_ParseTuple(args, "(nnn)Opp", &n, &h, &w, &tiles_obj, &encode, &park_half)) return NULL;
+    if (n < 1 || h < 1 || w < 1 || n > INT32_MAX || h > INT32_MAX || w > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "the input's samples, height and width must be positive, got %zd, %zd, %zd", n, h, w);
+        return NULL;
+    }
+    PyArrayObject *tiles = (PyArrayObject *)PyArray_FROM_OTF(tiles_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    if (!tiles) return NULL;
+    if (PyArray_NDIM(tiles) != 2 || PyArray_DIM(tiles, 1) != 8 || PyArray_DIM(tiles, 0) < 1) {
+        Py_DECREF(tiles);
+        PyErr_SetString(PyExc_ValueError, "tiles must have shape [count, 8]: window y0, y1, x0, x1, core y0, y1, x0, x1");
+        return NULL;
+    }
+    d3sr_vae_tiling how = {.park_half = park_half, .plan_only = 1};
+    const int (*td)[8] = (const int (*)[8])PyArray_DATA(tiles);
+    int count = (int)PyArray_DIM(tiles, 0);
+    d3sr_status status;
+    RUN_LOCKED(self, d3sr_vae_run_tiled(self->model, encode, NULL, (int)n, (int)h, (int)w, td, count, &how, NULL));
+    Py_DECREF(tiles);
+    if (status != D3SR_OK) return raise_status(status);
+    return Py_BuildValue("(nn)", (Py_ssize_t)how.window_bytes, (Py_ssize_t)how.parked_bytes);
 }
 
 static PyObject *model_unet_forward(ModelObject *self, PyObject *args, PyObject *kwargs)
@@ -465,6 +496,8 @@ static PyMethodDef model_methods[] = {
     {"vae_decode", (PyCFunction)model_vae_decode, METH_O, "vae_decode(z [N, C, h, w] float32) -> image."},
     {"vae_norm_layers", (PyCFunction)model_vae_norm_layers, METH_VARARGS,
      "vae_norm_layers(encode) -> (GroupNorm layers, groups): the sizes of a tiled call's statistics."},
+    {"vae_plan_tiled", (PyCFunction)model_vae_plan_tiled, METH_VARARGS,
+     "vae_plan_tiled((N, H, W), tiles [count, 8], encode, park_half) -> (window bytes, most bytes parked), nothing run."},
     {"vae_run_tiled", (PyCFunction)model_vae_run_tiled, METH_VARARGS,
      "vae_run_tiled(x, tiles [count, 8], encode, park_half, statistics=None) -> (output, most bytes parked, statistics "
      "used): pooled GroupNorm in one pass, or the given statistics."},
