@@ -184,7 +184,7 @@ def _array(fdp, dtypes=(np.float32, np.float64, np.uint8, np.float16, np.int32))
 def fuzz_arrays(data: bytes) -> None:
     """The array entry points with random shapes, dtypes and values."""
     fdp = atheris.FuzzedDataProvider(data)
-    which = fdp.ConsumeIntInRange(0, 5)
+    which = fdp.ConsumeIntInRange(0, 7)
     a = _array(fdp)
     try:
         if which == 0:
@@ -200,8 +200,15 @@ def fuzz_arrays(data: bytes) -> None:
             context = _array(fdp, (np.float32,))
             t = fdp.ConsumeFloat() if fdp.ConsumeBool() else _array(fdp)
             _models()["unet"](a, t, context)
-        else:
+        elif which == 5:
             d3sr.metrics.rgb_to_y(a, rounded=fdp.ConsumeBool())
+        elif which == 6:  # the raw tiled call: any tile table, any statistics
+            statistics = _array(fdp, (np.float64, np.float32)) if fdp.ConsumeBool() else None
+            _models()["vae"]._model.vae_run_tiled(a, _array(fdp, (np.int32, np.int64)), fdp.ConsumeBool(),
+                                                  fdp.ConsumeBool(), statistics)
+        else:  # its plan: sizes far larger than any array cost nothing to plan
+            shape = tuple(fdp.ConsumeIntInRange(-2, 1 << 20) for _ in range(3))
+            _models()["vae"]._model.vae_plan_tiled(shape, a, fdp.ConsumeBool(), fdp.ConsumeBool())
     except (ValueError, TypeError):
         pass
 
