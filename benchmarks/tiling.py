@@ -13,6 +13,7 @@ process so peak RSS is that run's alone:
         --encoder-tile 256 --decoder-tile 64 --vae-statistics estimated
     python benchmarks/tiling.py vae --size 512 --encoder-tile 256 --decoder-tile 32   # VAE alone
     python benchmarks/tiling.py window --encoder-tile 1024 --decoder-tile 224   # one tile's window alone
+    python benchmarks/tiling.py plan --sizes 256 512 1024        # what exact statistics would park (seconds)
 
 memory: seconds per output megapixel and peak RSS of Upscaler.upscale at the
 default tiles (weights alone are measured too, so the table shows what the
@@ -20,7 +21,9 @@ activations add). window: peak RSS of the SD VAE encoder and decoder run
 untiled on one window (tile plus halo on both sides): with estimated
 statistics, what one tile adds to the weights at any image size. fidelity: each stage run tiled and untiled on the same
 input (the untiled pipeline's), relative L2 and PSNR (images in [0, 1],
-latents against their own peak), and end to end.
+latents against their own peak), and end to end. plan: what the SD VAE's
+tiled encoder and decoder would hold with exact statistics at the output sizes
+the memory mode's inputs give (VAE.tiled_memory: planned, nothing computed).
 """
 import argparse
 import json
@@ -187,7 +190,7 @@ def run_child(args_list) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("memory", "fidelity", "vae", "window", "child"))
+    parser.add_argument("mode", choices=("memory", "fidelity", "vae", "window", "plan", "child"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--latent-tile", type=int, default=96)
@@ -241,6 +244,23 @@ def main() -> None:
                         r["how"], f"tiles, pooled, parked as {r['how']}")
                     print(f"| {stage} | {label} | {r[stage]['seconds']:.1f} | {r[stage]['parked_mb']:.0f} | "
                           f"{r['peak_rss_mb']:.0f} | {rel_l2(out, whole):.1e} |")
+        return
+    if args.mode == "plan":
+        from d3sr.testing import iter_random_weights, real_config
+
+        vae = d3sr.VAE.from_config(real_config("sd21-vae"))
+        vae.load_weights(iter_random_weights(vae.weight_shapes(), seed=0))
+        gib, available = 2 ** 30, d3sr._tiling.available_host_bytes()
+        print(f"SD 2.1 VAE, exact statistics, parked as {args.park}; encoder tile {args.encoder_tile} px, "
+              f"decoder tile {args.decoder_tile} latent px; host memory available now: "
+              + (f"{available / gib:.1f} GiB" if available is not None else "unknown"))
+        print("| input -> output | encoder: window GiB, parked GiB | decoder: window GiB, parked GiB |")
+        print("|---|---|---|")
+        for size in args.sizes:
+            side = 4 * size
+            e = vae.tiled_memory((1, 3, side, side), args.encoder_tile, encode=True, park=args.park)
+            d = vae.tiled_memory((1, 4, side // 8, side // 8), args.decoder_tile, encode=False, park=args.park)
+            print(f"| {size} -> {side} | {e[0] / gib:.2f}, {e[1] / gib:.2f} | {d[0] / gib:.2f}, {d[1] / gib:.2f} |")
         return
     if args.mode == "window":
         print(f"SD 2.1 VAE, one window untiled; threads {d3sr.get_num_threads()}")
