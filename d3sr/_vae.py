@@ -168,16 +168,14 @@ class VAE(CoreModel):
         `last_statistics` keeps the statistics used."""
         _checks.float32_array(x, "x", 4, "[N, C, H, W]")
         _, _, h, w = x.shape
-        if h % self.downscale or w % self.downscale:
-            raise ValueError(f"x's height and width must be multiples of {self.downscale}, got {h} x {w}")
-        tile = tiling.check_tile(tile, "tile", 4 * self.downscale, self.downscale)
+        tile = self._check_tile(True, h, w, tile, "x")
         return self._run_tiled(x, self._windows(True, h, w, tile), True, park, statistics, tile, self.downscale)
 
     def decode_tiled(self, z: np.ndarray, tile: int, *, park: str = "float32", statistics=None) -> np.ndarray:
         """decode in tiles of at most tile x tile latent pixels, as encode_tiled."""
         _checks.float32_array(z, "z", 4, "[N, latent_channels, h, w]")
         _, _, h, w = z.shape
-        tile = tiling.check_tile(tile, "tile", 4, 1)
+        tile = self._check_tile(False, h, w, tile, "z")
         return self._run_tiled(z, self._windows(False, h, w, tile), False, park, statistics, tile, 1)
 
     def tiled_memory(self, shape: Sequence[int], tile: int, *, encode: bool, park: str = "float32") -> Tuple[int, int]:
@@ -188,10 +186,16 @@ class VAE(CoreModel):
         tiles park at once (0 for a single tile; with given or estimated statistics
         nothing is parked). Nothing runs: the forward of one window is planned only."""
         n, _, h, w = (int(v) for v in shape)
-        if encode and (h % self.downscale or w % self.downscale):
-            raise ValueError(f"shape's height and width must be multiples of {self.downscale}, got {h} x {w}")
-        tile = tiling.check_tile(tile, "tile", 4 * self.downscale if encode else 4, self.downscale if encode else 1)
+        tile = self._check_tile(encode, h, w, tile, "shape")
         return self._model.vae_plan_tiled((n, h, w), self._windows(encode, h, w, tile), encode, _park_half(park))
+
+    def _check_tile(self, encode: bool, h: int, w: int, tile, name: str) -> int:
+        """The tile (pixels for the encoder, latent pixels for the decoder), checked with the input's size."""
+        if not encode:
+            return tiling.check_tile(tile, "tile", 4, 1)
+        if h % self.downscale or w % self.downscale:
+            raise ValueError(f"{name}'s height and width must be multiples of {self.downscale}, got {h} x {w}")
+        return tiling.check_tile(tile, "tile", 4 * self.downscale, self.downscale)
 
     def _windows(self, encode: bool, h: int, w: int, tile: int) -> np.ndarray:
         if encode:
