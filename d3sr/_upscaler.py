@@ -113,7 +113,7 @@ class Upscaler:
                                             encode=False, advice=advice)
         if _larger(ph, pw, encoder_tile):
             z = self.vae.encode_tiled(x, encoder_tile, statistics=statistics)
-            _report(progress, tiling.tile_count(ph, pw, encoder_tile, self.vae.downscale))
+            _report(progress, tiling.tile_count(ph, pw, encoder_tile, f))
         else:
             z = self.vae.encode(x)
         z *= np.float32(self.scaling_factor)                             # z_L

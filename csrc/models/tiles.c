@@ -76,6 +76,12 @@ static d3sr_tensor block_tensor(const d3sr_ctx *ctx, const d3sr_arena_block *b)
     return t;
 }
 
+/* Host bytes that arena_bytes of activations take parked. */
+static size_t parked_size(const d3sr_ctx *ctx, size_t arena_bytes, int half)
+{
+    return arena_bytes / d3sr_dtype_size(ctx->dtype) * (half ? 2 : 4);
+}
+
 /* Copies the arena's live blocks and bookkeeping, and the pooling state, into t. */
 static d3sr_status park(d3sr_ctx *ctx, tile_thread *t)
 {
@@ -93,7 +99,7 @@ static d3sr_status park(d3sr_ctx *ctx, tile_thread *t)
 
     const int half = s->job->park_half;
     size_t total = 0;
-    for (int i = 0; i < t->n_live; i++) total += t->live[i].bytes / d3sr_dtype_size(ctx->dtype) * (half ? 2 : 4);
+    for (int i = 0; i < t->n_live; i++) total += parked_size(ctx, t->live[i].bytes, half);
     D3SR_CHECK(grow(&t->parked, &t->parked_cap, total));
     char *dst = t->parked;
     for (int i = 0; i < t->n_live; i++) {
@@ -210,6 +216,21 @@ static d3sr_status tile_barrier(d3sr_ctx *ctx, void *user)
     return alone ? D3SR_OK : unpark(ctx, t);
 }
 
+/* Points ctx's GroupNorm layers at pool, for a forward over one of job's windows. */
+static void begin_pooling(d3sr_ctx *ctx, const d3sr_tiles_job *job, const d3sr_norm_pool *pool)
+{
+    memset(&ctx->pooling, 0, sizeof ctx->pooling);
+    ctx->pooling.pool = pool;
+    ctx->pooling.in_h = job->window_h;
+    ctx->pooling.in_w = job->window_w;
+}
+
+static d3sr_status check_layer_count(const d3sr_ctx *ctx, const d3sr_tiles_job *job)
+{
+    if (ctx->pooling.next == job->layers) return D3SR_OK;
+    return d3sr_fail(D3SR_ERR_RUNTIME, "tiles: a tile ran %d GroupNorm layers of %d", ctx->pooling.next, job->layers);
+}
+
 static void *tile_main(void *arg)
 {
     tile_thread *t = arg;
@@ -224,17 +245,13 @@ static void *tile_main(void *arg)
         return NULL;
     }
     d3sr_ctx *ctx = s->ctx;
-    memset(&ctx->pooling, 0, sizeof ctx->pooling);
-    ctx->pooling.pool = &t->pool;
-    ctx->pooling.in_h = job->window_h;
-    ctx->pooling.in_w = job->window_w;
+    begin_pooling(ctx, job, &t->pool);
     ctx->pooling.mean_rstd = t->mean_rstd;
     ctx->pooling.stats = t->stats;
     ctx->pooling.barrier = job->statistics ? NULL : tile_barrier; /* given statistics: nothing to wait for */
     ctx->pooling.barrier_user = t;
     d3sr_status status = d3sr_ctx_run(ctx, job->forward, job->args[t->index]);
-    if (status == D3SR_OK && ctx->pooling.next != job->layers)
-        status = d3sr_fail(D3SR_ERR_RUNTIME, "tiles: a tile ran %d GroupNorm layers of %d", ctx->pooling.next, job->layers);
+    if (status == D3SR_OK) status = check_layer_count(ctx, job);
     if (status == D3SR_OK && job->finish) status = job->finish(t->index, job->user);
     if (status == D3SR_OK) memset(&ctx->pooling, 0, sizeof ctx->pooling); /* only the baton's holder touches ctx */
     pthread_mutex_lock(&s->mutex);
@@ -324,17 +341,13 @@ d3sr_status d3sr_tiles_plan(d3sr_ctx *ctx, const d3sr_tiles_job *job, d3sr_tiles
     /* Planning checks each layer against the pool and reads nothing else of it. */
     const d3sr_norm_pool pool = {job->cores[0][0], job->cores[0][1], job->cores[0][2], job->cores[0][3],
                                  job->layers, job->groups, NULL, NULL};
-    memset(&ctx->pooling, 0, sizeof ctx->pooling);
-    ctx->pooling.pool = &pool;
-    ctx->pooling.in_h = job->window_h;
-    ctx->pooling.in_w = job->window_w;
+    begin_pooling(ctx, job, &pool);
     d3sr_status status = d3sr_ctx_plan(ctx, job->forward, job->args[0]);
-    if (status == D3SR_OK && ctx->pooling.next != job->layers)
-        status = d3sr_fail(D3SR_ERR_RUNTIME, "tiles: a tile plans %d GroupNorm layers of %d", ctx->pooling.next, job->layers);
+    if (status == D3SR_OK) status = check_layer_count(ctx, job);
     if (status == D3SR_OK) {
         /* every tile parks at every layer (a lone tile and given statistics never park), all
          * of them at once when the last one arrives, each at park()'s parked precision */
-        const size_t per_tile = ctx->pooling.planned_barrier_bytes / d3sr_dtype_size(ctx->dtype) * (job->park_half ? 2 : 4);
+        const size_t per_tile = parked_size(ctx, ctx->pooling.planned_barrier_bytes, job->park_half);
         memory->window_bytes = ctx->arena.peak;
         memory->parked_bytes = job->statistics || job->count == 1 ? 0 : per_tile * (size_t)job->count;
     }

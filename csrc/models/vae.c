@@ -491,18 +491,18 @@ d3sr_status d3sr_vae_run_tiled(d3sr_model *m, int encode, const float *x, int n,
                               ((size_t)ww * t.scale_num / t.scale_den);
     for (int i = 0; status == D3SR_OK && i < count; i++) {
         const int *tile = tiles[i];
-        float *in = NULL, *o = NULL; /* planning reads and writes neither */
-        if (!how->plan_only) {
-            in = malloc((size_t)n * t.channels * wh * ww * sizeof *in);
-            o = malloc(out_window * sizeof *o); /* pages are touched only when the tile's output arrives */
-        }
-        t.calls[i] = (vae_call){v, in, n, wh, ww, o};
+        t.calls[i] = (vae_call){v, NULL, n, wh, ww, NULL};
         args[i] = &t.calls[i];
-        if (!how->plan_only && (!in || !o)) {
-            status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory for tile windows", what);
-            break;
+        if (!how->plan_only) { /* planning reads and writes neither */
+            float *in = malloc((size_t)n * t.channels * wh * ww * sizeof *in);
+            t.calls[i].input = in;
+            t.calls[i].output = malloc(out_window * sizeof(float)); /* pages are touched only when the tile's output arrives */
+            if (!in || !t.calls[i].output) {
+                status = d3sr_fail(D3SR_ERR_MEMORY, "%s: out of host memory for tile windows", what);
+                break;
+            }
+            copy_window(x, n, t.channels, h, w, tile[0], tile[1], tile[2], tile[3], in);
         }
-        if (!how->plan_only) copy_window(x, n, t.channels, h, w, tile[0], tile[1], tile[2], tile[3], in);
         cores[i][0] = tile[4] - tile[0];
         cores[i][1] = tile[5] - tile[0];
         cores[i][2] = tile[6] - tile[2];

@@ -492,11 +492,11 @@ d3sr_status d3sr_group_norm_pooled(d3sr_ctx *ctx, const d3sr_tensor *x, const d3
                          region[0], region[1], region[2], region[3], x->h, x->w);
     reads(ctx, x, NULL, NULL);
     if (d3sr_ctx_planning(ctx)) {
-        /* what the real pass holds at the barrier below: the blocks live now */
-        size_t live = 0;
-        for (int i = 0; i < ctx->arena.n_live; i++) live += ctx->arena.live[i].bytes;
-        if (ctx->arena.pass == D3SR_PASS_PLAN && live > pooling->planned_barrier_bytes)
-            pooling->planned_barrier_bytes = live;
+        if (ctx->arena.pass == D3SR_PASS_PLAN) { /* what the real pass holds at the barrier below: the blocks live now */
+            size_t live = 0;
+            for (int i = 0; i < ctx->arena.n_live; i++) live += ctx->arena.live[i].bytes;
+            if (live > pooling->planned_barrier_bytes) pooling->planned_barrier_bytes = live;
+        }
         D3SR_CHECK(d3sr_tensor_new(ctx, x->n, x->h, x->w, x->c, out));
         return planned(ctx);
     }
