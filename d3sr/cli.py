@@ -383,22 +383,21 @@ def run_upscale(args) -> int:
 
 def _tile_size(text: str):
     """A tile size on the command line: an integer, 'none' for no tiling, or 'default'."""
-    if text.lower() in ("none", "default"):
-        return None if text.lower() == "none" else "default"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, 'none' or 'default', got {text!r}") from None
+    return None if text.lower() == "none" else _integer_or_default(text, "an integer, 'none' or 'default'")
 
 
 def _overlap(text: str):
     """A tile overlap on the command line: an integer or 'default'."""
+    return _integer_or_default(text, "an integer or 'default'")
+
+
+def _integer_or_default(text: str, expected: str):
     if text.lower() == "default":
         return "default"
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'default', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
 def _make_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
